@@ -1,0 +1,86 @@
+"""Run PySCF Kohn-Sham reference calculations, one chkfile per structure (OUT/<name>.chk).
+
+Structures come from ASE-readable files (every frame of multi-frame xyz/extxyz/sdf; names
+STEM or STEM_FRAME) and/or QM9 indices (names qm9_000123). Closed shells run restricted
+KS, open shells unrestricted. Every input is validated before any SCF starts; one bad
+structure aborts the run. Existing chkfiles are skipped, so a killed run resumes; an
+unconverged SCF is kept as OUT/<name>.unconverged.chk and reported. Exit status: 0 when
+everything converged, 1 when some structure failed or did not converge, 2 on bad input.
+"""
+
+from __future__ import annotations
+
+HELP = "PySCF reference DFT calculations (chkfiles) for structures or QM9 molecules"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("inputs", nargs="*", metavar="INPUT",
+                        help="ASE-readable structure files (xyz, extxyz, sdf, ...)")
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="output folder for the chkfiles (created if missing)")
+    parser.add_argument("--qm9", metavar="RANGE",
+                        help="QM9 molecules by index, e.g. 1-1000,120000-120049 "
+                             "(needs densitylearn[qm9]; >= 120000 is the held-out range)")
+    parser.add_argument("--xc", default="pbe", help="exchange-correlation functional (default: pbe)")
+    parser.add_argument("--basis", default="def2-svp", help="orbital basis (default: def2-svp)")
+    parser.add_argument("--charge", type=int, default=None,
+                        help="net charge for every structure (default: from the file's info, else 0)")
+    parser.add_argument("--spin", type=int, default=None,
+                        help="2S for every structure (default: from the file's info, else the "
+                             "lowest spin for the electron count)")
+    parser.add_argument("--grid-level", type=int, default=3,
+                        help="PySCF Becke grid level 0-9 (default: 3)")
+    parser.add_argument("--conv-tol", type=float, default=1e-9,
+                        help="SCF energy convergence, hartree (default: 1e-9, PySCF's)")
+    parser.add_argument("--max-cycle", type=int, default=50,
+                        help="maximum SCF iterations (default: 50, PySCF's)")
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="parallel processes; each uses cores//N threads (default: 1)")
+    parser.add_argument("--shard", metavar="i/n", default=None,
+                        help="compute only structures k with k %% n == i (cluster job arrays)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cuda runs through gpu4pyscf (pip install 'densitylearn[gpu]')")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="recompute existing chkfiles whose settings differ from this run")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args) -> int:
+    import sys
+
+    from ..errors import InputError
+    from ..io_utils import parse_shard
+    from ..reference import compute_references, format_summary, read_inputs
+    from ..structure import parse_index_range, qm9_structures
+
+    if not args.inputs and not args.qm9:
+        raise InputError("give INPUT files and/or --qm9 RANGE")
+    if args.grid_level < 0 or args.grid_level > 9:
+        raise InputError(f"--grid-level must lie in 0..9, got {args.grid_level}")
+    if args.max_cycle < 1:
+        raise InputError(f"--max-cycle must be >= 1, got {args.max_cycle}")
+    if not args.conv_tol > 0:
+        raise InputError(f"--conv-tol must be positive, got {args.conv_tol}")
+    if args.workers < 1:
+        raise InputError(f"--workers must be >= 1, got {args.workers}")
+    shard = parse_shard(args.shard)
+
+    structures = read_inputs(args.inputs, charge=args.charge, spin=args.spin)
+    if args.qm9:
+        mols = qm9_structures(parse_index_range(args.qm9))
+        if args.charge is not None or args.spin is not None:
+            import dataclasses
+
+            mols = [dataclasses.replace(
+                m, charge=m.charge if args.charge is None else args.charge,
+                spin=(args.spin if args.spin is not None
+                      else (int(m.numbers.sum()) - args.charge) % 2)) for m in mols]
+        structures.extend(mols)
+
+    summary = compute_references(
+        structures, args.out, xc=args.xc, basis=args.basis, grid_level=args.grid_level,
+        conv_tol=args.conv_tol, max_cycle=args.max_cycle, device=args.device,
+        workers=args.workers, shard=shard, overwrite=args.overwrite,
+        progress=not args.no_progress)
+    print(format_summary(summary), file=sys.stdout, flush=True)
+    return 1 if summary["failed"] or summary["unconverged"] else 0

@@ -1,0 +1,645 @@
+"""Reference Kohn-Sham calculations with PySCF, stored one chkfile per structure.
+
+The reference level of the benchmark is PBE/def2-SVP on a level-3 Becke grid with PySCF
+defaults otherwise (DESIGN section 5): restricted KS for closed shells (``spin == 0``),
+unrestricted KS for open shells.
+
+Three layers:
+
+- :func:`run_reference` runs one SCF and returns a dict of plain results.
+- :func:`compute_references` validates every structure up front, then computes the
+  missing ones into ``out_dir/<structure name>.chk`` (atomically; existing files are
+  skipped, so a killed run resumes) and returns a summary dict.
+- :func:`load_reference` reads such a chkfile back as data (no ``eval``): the
+  :class:`Structure`, a Mole rebuilt from the stored ``_atom``/``_basis`` in bohr, and the
+  total density matrix.
+
+Chkfile layout: PySCF's own ``mol`` (JSON) and ``scf`` (``e_tot``, ``mo_energy``,
+``mo_coeff``, ``mo_occ``) records, plus an HDF5 group :data:`CHK_GROUP` whose attributes
+record the settings (:data:`SETTINGS_KEYS`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import DensityLearnError, InputError, MismatchError
+from .structure import Structure
+
+#: HDF5 group in each chkfile that holds densitylearn's settings as attributes.
+CHK_GROUP = "densitylearn"
+
+#: Attributes written to :data:`CHK_GROUP` (all plain str / int / float / bool).
+SETTINGS_KEYS = ("xc", "basis", "grid_level", "conv_tol", "max_cycle", "restricted",
+                 "converged", "e_tot", "n_cycles", "wall_time_s", "name", "source",
+                 "charge", "spin", "device", "densitylearn_version", "pyscf_version",
+                 "created")
+
+#: Default settings (the benchmark reference level).
+DEFAULT_XC = "pbe"
+DEFAULT_BASIS = "def2-svp"
+DEFAULT_GRID_LEVEL = 3
+DEFAULT_CONV_TOL = 1e-9      # PySCF's default
+DEFAULT_MAX_CYCLE = 50       # PySCF's default
+
+#: Suffix of the file an unconverged SCF is kept under, for inspection.
+UNCONVERGED_SUFFIX = ".unconverged.chk"
+
+
+@dataclass(frozen=True, eq=False)
+class Reference:
+    """A reference calculation read back from a chkfile.
+
+    Attributes
+    ----------
+    structure : Structure
+        The molecule (positions in bohr), named as the chkfile was written.
+    mol : pyscf.gto.Mole
+        Built Mole, rebuilt from the stored ``_atom`` (bohr) and ``_basis``.
+    dm : ndarray, shape (nao, nao), float64
+        Total (alpha + beta) AO density matrix, ``trace(dm @ S) == n_electrons``.
+    e_tot : float
+        Total energy, hartree.
+    xc, basis : str
+        Functional and orbital basis as recorded by densitylearn ('' for a foreign chkfile).
+    grid_level : int
+        Becke grid level of the SCF (-1 when unknown).
+    converged : bool
+        Whether the SCF converged (False when unknown).
+    path : str
+        The chkfile read.
+    """
+
+    structure: Structure
+    mol: object
+    dm: np.ndarray
+    e_tot: float
+    xc: str
+    basis: str
+    grid_level: int
+    converged: bool
+    path: str
+
+
+# ---------------------------------------------------------------------------- helpers
+def _norm_xc(xc: str) -> str:
+    return str(xc).strip().lower().replace(" ", "")
+
+
+def _norm_basis(basis: str) -> str:
+    """PySCF treats basis names case-insensitively and ignores '-', '_' and spaces."""
+    return str(basis).strip().lower().replace("-", "").replace("_", "").replace(" ", "")
+
+
+def chk_path(out_dir: str, structure: Structure) -> str:
+    """Final chkfile path of ``structure`` in ``out_dir``: ``out_dir/<name>.chk``."""
+    return os.path.join(out_dir, f"{structure.name}.chk")
+
+
+def unconverged_path(out_dir: str, structure: Structure) -> str:
+    """Where an unconverged SCF of ``structure`` is kept: ``out_dir/<name>.unconverged.chk``."""
+    return os.path.join(out_dir, f"{structure.name}{UNCONVERGED_SUFFIX}")
+
+
+def check_xc(xc: str) -> None:
+    """Raise :class:`InputError` unless PySCF (libxc) knows the functional ``xc``."""
+    from pyscf.dft import libxc
+
+    try:
+        libxc.parse_xc(xc)
+    except Exception as exc:
+        raise InputError(f"unknown exchange-correlation functional {xc!r} ({exc})") from None
+
+
+def check_basis(basis: str, numbers) -> None:
+    """Raise :class:`InputError` unless ``basis`` exists for every element in ``numbers``."""
+    from ase.data import chemical_symbols
+    from pyscf import gto
+
+    for z in sorted(set(int(z) for z in numbers)):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                b = gto.basis.load(basis, chemical_symbols[z])
+        except Exception as exc:
+            raise InputError(f"basis {basis!r} is not available for {chemical_symbols[z]} ({exc})") from None
+        if not b:
+            raise InputError(f"basis {basis!r} is not available for {chemical_symbols[z]}")
+
+
+def validate_structure(structure: Structure) -> None:
+    """Checks beyond the :class:`Structure` constructor that compute needs.
+
+    Raises :class:`InputError` naming the structure (its source gives file and frame).
+    """
+    where = f"{structure.source}: {structure.name}" if structure.source else structure.label
+    if structure.is_periodic:
+        raise InputError(f"{where}: periodic structures are not supported by compute yet")
+    if not structure.name:
+        raise InputError(f"{where}: structure has no name to name its chkfile")
+    if os.sep in structure.name or structure.name.startswith("."):
+        raise InputError(f"{where}: structure name {structure.name!r} cannot be a file name")
+    if structure.spin > structure.n_electrons:
+        raise InputError(f"{where}: spin 2S={structure.spin} is impossible with "
+                         f"{structure.n_electrons} electrons")
+
+
+def _device_check(device: str) -> None:
+    if device not in ("cpu", "cuda"):
+        raise InputError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if device == "cuda":
+        try:
+            import gpu4pyscf  # noqa: F401
+        except Exception:
+            raise DensityLearnError("--device cuda needs gpu4pyscf, which is not importable: "
+                                    "pip install 'densitylearn[gpu]'") from None
+
+
+# ---------------------------------------------------------------------------- one SCF
+def run_reference(structure: Structure, xc: str = DEFAULT_XC, basis: str = DEFAULT_BASIS,
+                  grid_level: int = DEFAULT_GRID_LEVEL, conv_tol: float = DEFAULT_CONV_TOL,
+                  max_cycle: int = DEFAULT_MAX_CYCLE, device: str = "cpu",
+                  chkfile: str | None = None, verbose: int = 0,
+                  return_objects: bool = False) -> dict:
+    """Run one Kohn-Sham SCF for a molecule.
+
+    Restricted KS when ``structure.spin == 0``, unrestricted otherwise.
+
+    Parameters
+    ----------
+    structure : Structure
+        A molecule (positions in bohr); periodic structures raise :class:`InputError`.
+    xc, basis : str
+        Functional (libxc name) and orbital basis (PySCF name).
+    grid_level : int
+        PySCF Becke grid level (0..9).
+    conv_tol : float
+        SCF energy convergence threshold, hartree.
+    max_cycle : int
+        Maximum SCF iterations.
+    device : {'cpu', 'cuda'}
+        'cuda' runs through gpu4pyscf.
+    chkfile : str, optional
+        Where PySCF writes the chkfile (``mol`` and ``scf`` records); None writes none.
+        The densitylearn settings group is NOT added here (see :func:`write_settings`).
+    return_objects : bool
+        Also return the Mole and the SCF object under keys 'mol' and 'mf'.
+
+    Returns
+    -------
+    dict
+        ``e_tot`` (hartree), ``converged``, ``n_cycles``, ``wall_time_s``, ``restricted``,
+        ``xc``, ``basis``, ``grid_level``, ``conv_tol``, ``max_cycle``, ``device``, ``nao``;
+        plus ``mol`` and ``mf`` when ``return_objects``.
+    """
+    validate_structure(structure)
+    _device_check(device)
+    from pyscf import dft
+
+    t0 = time.perf_counter()
+    mol = structure.to_pyscf(basis=basis, verbose=verbose)
+    restricted = structure.spin == 0
+    mf = dft.RKS(mol) if restricted else dft.UKS(mol)
+    mf.xc = xc
+    mf.grids.level = int(grid_level)
+    mf.conv_tol = float(conv_tol)
+    mf.max_cycle = int(max_cycle)
+    mf.verbose = verbose
+    if device == "cuda":
+        mf = mf.to_gpu()
+        # gpu4pyscf's chkfile support differs between versions: write it ourselves below.
+        mf.chkfile = None
+    else:
+        mf.chkfile = chkfile if chkfile else None
+    mf.kernel()
+    e_tot, converged = float(mf.e_tot), bool(mf.converged)
+    n_cycles = int(getattr(mf, "cycles", -1))
+    if device == "cuda":
+        mf = mf.to_cpu()  # numpy orbitals for the chkfile and for callers
+        if chkfile:
+            from pyscf.scf import chkfile as scf_chkfile
+
+            scf_chkfile.dump_scf(mol, chkfile, e_tot, mf.mo_energy, mf.mo_coeff, mf.mo_occ)
+    out = dict(e_tot=e_tot, converged=converged,
+               n_cycles=n_cycles, wall_time_s=time.perf_counter() - t0,
+               restricted=restricted, xc=_norm_xc(xc), basis=str(basis).lower(),
+               grid_level=int(grid_level), conv_tol=float(conv_tol), max_cycle=int(max_cycle),
+               device=device, nao=int(mol.nao))
+    if return_objects:
+        out.update(mol=mol, mf=mf)
+    return out
+
+
+def write_settings(path: str, structure: Structure, result: dict) -> None:
+    """Write the :data:`CHK_GROUP` attributes of a chkfile from a :func:`run_reference` result."""
+    import datetime
+
+    import h5py
+    import pyscf
+
+    from . import __version__
+
+    attrs = dict(xc=result["xc"], basis=result["basis"], grid_level=result["grid_level"],
+                 conv_tol=result["conv_tol"], max_cycle=result["max_cycle"],
+                 restricted=result["restricted"], converged=result["converged"],
+                 e_tot=result["e_tot"], n_cycles=result["n_cycles"],
+                 wall_time_s=float(result["wall_time_s"]), name=structure.name,
+                 source=structure.source, charge=structure.charge, spin=structure.spin,
+                 device=result["device"], densitylearn_version=__version__,
+                 pyscf_version=pyscf.__version__,
+                 created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    with h5py.File(path, "a") as f:
+        if CHK_GROUP in f:
+            del f[CHK_GROUP]
+        g = f.create_group(CHK_GROUP)
+        for k, v in attrs.items():
+            g.attrs[k] = v
+
+
+def read_settings(path: str) -> dict:
+    """The :data:`CHK_GROUP` attributes of a chkfile as plain Python values ({} if absent).
+
+    Raises :class:`InputError` when the file is not a readable HDF5 file.
+    """
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            if CHK_GROUP not in f:
+                return {}
+            raw = dict(f[CHK_GROUP].attrs)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read chkfile ({exc})") from None
+    out = {}
+    for k, v in raw.items():
+        if isinstance(v, bytes):
+            v = v.decode()
+        elif isinstance(v, np.generic):
+            v = v.item()
+        out[k] = v
+    return out
+
+
+def compute_one(structure: Structure, out_dir: str, xc: str = DEFAULT_XC,
+                basis: str = DEFAULT_BASIS, grid_level: int = DEFAULT_GRID_LEVEL,
+                conv_tol: float = DEFAULT_CONV_TOL, max_cycle: int = DEFAULT_MAX_CYCLE,
+                device: str = "cpu") -> dict:
+    """Compute one structure into ``out_dir/<name>.chk`` crash-safely.
+
+    PySCF writes into a temporary chkfile in ``out_dir``; the settings group is added, the
+    file is fsynced and renamed with :func:`os.replace` to the final name when the SCF
+    converged, else to ``<name>.unconverged.chk``. On an exception the temporary file is
+    removed and nothing else is touched.
+
+    Returns
+    -------
+    dict
+        ``status`` ('computed' or 'unconverged'), ``path`` and the :func:`run_reference`
+        results (``e_tot``, ``n_cycles``, ``wall_time_s``, ...).
+    """
+    final = chk_path(out_dir, structure)
+    os.makedirs(out_dir, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{structure.name}.", suffix=".chk.tmp", dir=out_dir)
+    os.close(fd)
+    os.remove(tmp)  # PySCF creates it as HDF5; an empty file would only confuse is_hdf5
+    try:
+        res = run_reference(structure, xc=xc, basis=basis, grid_level=grid_level,
+                            conv_tol=conv_tol, max_cycle=max_cycle, device=device, chkfile=tmp)
+        write_settings(tmp, structure, res)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        dest = final if res["converged"] else unconverged_path(out_dir, structure)
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    res["status"] = "computed" if res["converged"] else "unconverged"
+    res["path"] = dest
+    return res
+
+
+# ---------------------------------------------------------------------------- many SCFs
+def _existing_mismatch(path: str, structure: Structure, xc: str, basis: str,
+                       grid_level: int) -> str | None:
+    """Why the existing chkfile ``path`` does not match the request (None if it does)."""
+    from .structure import structure_from_chk
+
+    try:
+        s = read_settings(path)
+    except InputError as exc:
+        return f"unreadable ({exc})"
+    if not s:
+        return "not written by densitylearn compute"
+    diffs = []
+    if _norm_xc(s.get("xc", "")) != _norm_xc(xc):
+        diffs.append(f"xc={s.get('xc')}")
+    if _norm_basis(s.get("basis", "")) != _norm_basis(basis):
+        diffs.append(f"basis={s.get('basis')}")
+    if int(s.get("grid_level", -1)) != int(grid_level):
+        diffs.append(f"grid level {s.get('grid_level')}")
+    try:
+        old = structure_from_chk(path)
+    except InputError as exc:
+        return f"unreadable ({exc})"
+    if not old.same_geometry(structure):
+        diffs.append("another geometry")
+    if (old.charge, old.spin) != (structure.charge, structure.spin):
+        diffs.append(f"charge {old.charge} spin {old.spin}")
+    return ", ".join(diffs) or None
+
+
+def prepare_structures(structures, xc: str = DEFAULT_XC, basis: str = DEFAULT_BASIS,
+                       device: str = "cpu") -> list[Structure]:
+    """Validate a whole request before any SCF runs.
+
+    Checks every structure (:func:`validate_structure`), that names are unique (they name
+    the chkfiles), the functional, the basis for every element present and the device.
+    Raises :class:`InputError` at the first problem, naming file and structure.
+    """
+    structures = list(structures)
+    if not structures:
+        raise InputError("no structures to compute")
+    seen: dict[str, Structure] = {}
+    elements: set[int] = set()
+    for s in structures:
+        validate_structure(s)
+        if s.name in seen:
+            raise InputError(f"two structures are named {s.name!r} ({seen[s.name].source} and "
+                             f"{s.source}); their chkfiles would collide, rename one input")
+        seen[s.name] = s
+        elements.update(int(z) for z in s.numbers)
+    check_xc(xc)
+    check_basis(basis, sorted(elements))
+    _device_check(device)
+    return structures
+
+
+def read_inputs(paths, charge: int | None = None, spin: int | None = None) -> list[Structure]:
+    """Every frame of every file in ``paths`` (see :func:`densitylearn.structure.read_structures`).
+
+    ``charge`` / ``spin`` override per-file values for all structures. Errors raised while
+    building a structure name the file as well as the structure.
+    """
+    from .structure import read_structures
+
+    out, seen = [], set()
+    for path in paths:
+        real = os.path.realpath(path)
+        if real in seen:  # the same file given twice
+            continue
+        seen.add(real)
+        try:
+            out.extend(read_structures(path, charge=charge, spin=spin))
+        except InputError as exc:
+            msg = str(exc)
+            if path not in msg:
+                raise InputError(f"{path}: {msg}") from None
+            raise
+    return out
+
+
+def _worker_init(n_threads: int) -> None:
+    from pyscf import lib
+
+    lib.num_threads(max(1, n_threads))
+
+
+def _available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def compute_references(structures, out_dir: str, xc: str = DEFAULT_XC,
+                       basis: str = DEFAULT_BASIS, grid_level: int = DEFAULT_GRID_LEVEL,
+                       conv_tol: float = DEFAULT_CONV_TOL, max_cycle: int = DEFAULT_MAX_CYCLE,
+                       device: str = "cpu", workers: int = 1, shard: tuple[int, int] = (0, 1),
+                       overwrite: bool = False, progress: bool = True, log=None) -> dict:
+    """Compute the reference chkfiles of many structures, resumably.
+
+    All structures are validated first (:func:`prepare_structures`); one bad structure
+    aborts the whole request before any SCF runs. Structure ``k`` (input order) belongs to
+    shard ``k % n`` of ``shard = (i, n)``. A structure whose ``out_dir/<name>.chk`` exists
+    is skipped, after checking that the file was computed with the same xc, basis, grid
+    level, geometry, charge and spin: a mismatch raises :class:`MismatchError` unless
+    ``overwrite`` (then it is recomputed and replaced atomically).
+
+    Parameters
+    ----------
+    workers : int
+        Processes; each sets ``pyscf.lib.num_threads(cores // workers)``. 1 runs in this
+        process with PySCF's thread setting untouched.
+    progress : bool
+        Show a tqdm bar on stderr.
+    log : file-like, optional
+        Where per-structure messages go (default ``sys.stderr``).
+
+    Returns
+    -------
+    dict
+        ``computed``, ``skipped``, ``failed``, ``unconverged`` (lists of structure names),
+        ``errors`` (name -> one-line message), ``results`` (name -> result dict),
+        ``wall_time_s``, ``n_total`` (structures in this shard), ``out_dir``.
+    """
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    log = log if log is not None else sys.stderr
+    structures = prepare_structures(structures, xc=xc, basis=basis, device=device)
+    i_shard, n_shard = shard
+    if n_shard < 1 or not 0 <= i_shard < n_shard:
+        raise InputError(f"shard {i_shard}/{n_shard}: need 0 <= i < n")
+    mine = [s for k, s in enumerate(structures) if k % n_shard == i_shard]
+    workers = int(workers)
+    if workers < 1:
+        raise InputError(f"workers must be >= 1, got {workers}")
+
+    todo, skipped, mismatched = [], [], []
+    for s in mine:
+        path = chk_path(out_dir, s)
+        if not os.path.exists(path):
+            todo.append(s)
+            continue
+        why = _existing_mismatch(path, s, xc, basis, grid_level)
+        if why is None:
+            skipped.append(s.name)
+        elif overwrite:
+            todo.append(s)
+        else:
+            mismatched.append((path, why))
+    if mismatched:
+        path, why = mismatched[0]
+        more = f" (and {len(mismatched) - 1} more)" if len(mismatched) > 1 else ""
+        raise MismatchError(f"{path} differs from this run ({why}; requested xc={xc} basis={basis} "
+                            f"grid level {grid_level}){more}: choose another --out, delete "
+                            f"them, or pass --overwrite")
+
+    summary = dict(computed=[], skipped=skipped, failed=[], unconverged=[], errors={},
+                   results={}, n_total=len(mine), out_dir=out_dir)
+    kwargs = dict(xc=xc, basis=basis, grid_level=grid_level, conv_tol=conv_tol,
+                  max_cycle=max_cycle, device=device)
+    bar = tqdm(total=len(mine), initial=len(skipped), desc="compute", unit="mol",
+               file=sys.stderr, disable=not progress, dynamic_ncols=True)
+
+    def say(msg):
+        if progress:
+            bar.write(msg, file=log)
+        else:
+            print(msg, file=log, flush=True)
+
+    def record(s, res=None, exc=None):
+        if exc is not None:
+            line = str(exc).splitlines()[0] if str(exc) else ""
+            msg = f"{type(exc).__name__}: {line}" if not isinstance(exc, DensityLearnError) else line
+            summary["failed"].append(s.name)
+            summary["errors"][s.name] = msg
+            say(f"densitylearn compute: {s.source or s.name}: {s.name} failed: {msg}")
+        else:
+            summary["results"][s.name] = res
+            if res["status"] == "computed":
+                summary["computed"].append(s.name)
+            else:
+                summary["unconverged"].append(s.name)
+                say(f"densitylearn compute: {s.source or s.name}: {s.name}: SCF not converged "
+                    f"after {res['n_cycles']} cycles; kept as {res['path']}")
+        bar.update(1)
+
+    try:
+        if todo:
+            os.makedirs(out_dir, exist_ok=True)
+        if workers == 1 or len(todo) <= 1:
+            for s in todo:
+                try:
+                    res = compute_one(s, out_dir, **kwargs)
+                except (KeyboardInterrupt, SystemExit):
+                    raise
+                except Exception as exc:
+                    record(s, exc=exc)
+                else:
+                    record(s, res=res)
+        else:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+
+            n_threads = max(1, _available_cores() // workers)
+            # spawn: forking a process that already ran OpenMP code can deadlock
+            with ProcessPoolExecutor(max_workers=min(workers, len(todo)),
+                                     mp_context=mp.get_context("spawn"),
+                                     initializer=_worker_init, initargs=(n_threads,)) as pool:
+                futures = {pool.submit(compute_one, s, out_dir, **kwargs): s for s in todo}
+                try:
+                    for fut in as_completed(futures):
+                        s = futures[fut]
+                        try:
+                            res = fut.result()
+                        except Exception as exc:
+                            record(s, exc=exc)
+                        else:
+                            record(s, res=res)
+                except BaseException:
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise
+    finally:
+        bar.close()
+    summary["wall_time_s"] = time.perf_counter() - t0
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    """One line: computed / skipped / failed / unconverged counts and wall time."""
+    line = (f"densitylearn compute: {len(summary['computed'])} computed, "
+            f"{len(summary['skipped'])} skipped (already present), "
+            f"{len(summary['failed'])} failed, {len(summary['unconverged'])} unconverged "
+            f"of {summary['n_total']} in {summary['wall_time_s']:.1f} s -> {summary['out_dir']}")
+    for key in ("failed", "unconverged"):
+        names = summary[key]
+        if names:
+            line += f"; {key}: " + ", ".join(names[:20]) + (" ..." if len(names) > 20 else "")
+    return line
+
+
+# ---------------------------------------------------------------------------- reading
+def _rebuild_mol(raw, path: str):
+    """A built Mole from PySCF's JSON ``mol`` record, using only ``_atom`` (bohr) and ``_basis``.
+
+    Never goes through :func:`pyscf.lib.chkfile.load_mol` (which may ``eval`` strings and
+    returns a Mole whose ``_ecpbas`` breaks ``atom_ks``, DESIGN section 4).
+    """
+    from pyscf import gto
+
+    try:
+        d = json.loads(raw)
+        mol = gto.Mole()
+        mol.atom = [(str(a[0]), tuple(float(x) for x in a[1])) for a in d["_atom"]]
+        mol.unit = "Bohr"
+        mol.basis = d["_basis"]
+        ecp = d.get("_ecp") or {}
+        if ecp:
+            mol.ecp = ecp
+        mol.charge = int(d.get("charge", 0))
+        mol.spin = int(d.get("spin", 0))
+        mol.cart = bool(d.get("cart", False))
+        mol.verbose = 0
+        mol.build()
+    except Exception as exc:
+        raise InputError(f"{path}: cannot rebuild the molecule ({type(exc).__name__}: {exc})") from None
+    return mol
+
+
+def load_reference(path: str) -> Reference:
+    """Read a reference chkfile as data (no ``eval``).
+
+    Returns
+    -------
+    Reference
+        Structure (named and sourced as when computed, when the densitylearn settings are
+        present), the rebuilt Mole, the total density matrix ``dm`` (nao, nao) from
+        ``mo_coeff``/``mo_occ`` (alpha + beta for UKS), ``e_tot`` and the settings.
+
+    Raises :class:`InputError` naming the file when it is missing, truncated or lacks the
+    ``mol`` / ``scf`` records.
+    """
+    import h5py
+
+    from .structure import structure_from_chk
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise InputError(f"{path}: no such file")
+    try:
+        with h5py.File(path, "r") as f:
+            raw = f["mol"][()]
+            mo_coeff = np.asarray(f["scf/mo_coeff"][()], dtype=np.float64)
+            mo_occ = np.asarray(f["scf/mo_occ"][()], dtype=np.float64)
+            e_tot = float(f["scf/e_tot"][()])
+    except (OSError, KeyError) as exc:
+        raise InputError(f"{path}: not a complete PySCF SCF chkfile ({exc})") from None
+    settings = read_settings(path)
+    mol = _rebuild_mol(raw, path)
+    structure = structure_from_chk(path)
+    if settings.get("name") or settings.get("source"):
+        structure = dataclasses.replace(structure, name=settings.get("name") or structure.name,
+                                        source=settings.get("source") or structure.source)
+    if mo_coeff.ndim == 2:
+        dm = (mo_coeff * mo_occ) @ mo_coeff.T
+    elif mo_coeff.ndim == 3:
+        dm = sum((c * o) @ c.T for c, o in zip(mo_coeff, mo_occ))
+    else:
+        raise InputError(f"{path}: mo_coeff has unexpected shape {mo_coeff.shape}")
+    if dm.shape != (mol.nao, mol.nao):
+        raise InputError(f"{path}: density matrix shape {dm.shape} does not match the basis "
+                         f"({mol.nao} functions)")
+    return Reference(structure=structure, mol=mol, dm=dm, e_tot=e_tot,
+                     xc=str(settings.get("xc", "")), basis=str(settings.get("basis", "")),
+                     grid_level=int(settings.get("grid_level", -1)),
+                     converged=bool(settings.get("converged", False)), path=path)

@@ -1,0 +1,233 @@
+"""Tests of ``densitylearn compute`` and :mod:`densitylearn.reference` on tiny molecules.
+
+Everything runs in-process through :func:`densitylearn.cli.main` with STO-3G and grid
+level 1, so the whole file takes seconds on two cores.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from densitylearn import cli
+from densitylearn.units import ANGSTROM_BOHR
+
+FAST = ["--basis", "sto-3g", "--grid-level", "1", "--no-progress"]
+
+H2O = "3\nwater\nO 0.0 0.0 0.1173\nH 0.0 0.7572 -0.4692\nH 0.0 -0.7572 -0.4692\n"
+H2 = "2\nhydrogen\nH 0.0 0.0 0.0\nH 0.0 0.0 0.74\n"
+NH3 = ("4\nammonia\nN 0.0 0.0 0.1162\nH 0.0 0.9397 -0.2711\nH 0.8138 -0.4699 -0.2711\n"
+       "H -0.8138 -0.4699 -0.2711\n")
+
+
+def _write(path, text):
+    path.write_text(text)
+    return str(path)
+
+
+def _main(capsys, *argv):
+    rc = cli.main(["compute", *argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def _rks_energy(xyz_text, basis="sto-3g", grid_level=1):
+    from pyscf import dft, gto
+
+    lines = xyz_text.strip().splitlines()[2:]
+    mol = gto.M(atom="\n".join(lines), basis=basis, unit="Angstrom", verbose=0)
+    mf = dft.RKS(mol)
+    mf.xc = "pbe"
+    mf.grids.level = grid_level
+    mf.conv_tol = 1e-9
+    return mf.kernel()
+
+
+@pytest.fixture(scope="module")
+def computed(tmp_path_factory):
+    """H2O and H2 computed once (PBE/STO-3G, grid level 1), shared by several tests."""
+    d = tmp_path_factory.mktemp("ref")
+    h2o = _write(d / "h2o.xyz", H2O)
+    h2 = _write(d / "h2.xyz", H2)
+    out = str(d / "out")
+    rc = cli.main(["compute", h2o, h2, "--out", out, *FAST])
+    assert rc == 0
+    return dict(dir=d, h2o=h2o, h2=h2, out=out)
+
+
+def test_chkfile_energy_and_density(computed):
+    from densitylearn.reference import Reference, load_reference, read_settings
+
+    out = computed["out"]
+    assert sorted(os.listdir(out)) == ["h2.chk", "h2o.chk"]  # no temporary files left
+    ref = load_reference(os.path.join(out, "h2o.chk"))
+    assert isinstance(ref, Reference)
+    assert ref.e_tot == pytest.approx(_rks_energy(H2O), abs=1e-8)
+    S = ref.mol.intor("int1e_ovlp")
+    assert ref.dm.shape == (ref.mol.nao, ref.mol.nao) == (7, 7)
+    assert np.trace(ref.dm @ S) == pytest.approx(10.0, abs=1e-8)
+    np.testing.assert_allclose(ref.dm, ref.dm.T, atol=1e-12)
+    assert (ref.xc, ref.basis, ref.grid_level, ref.converged) == ("pbe", "sto-3g", 1, True)
+    assert ref.structure.name == "h2o" and ref.structure.source.endswith("h2o.xyz@0")
+    assert ref.structure.numbers.tolist() == [8, 1, 1]
+    np.testing.assert_allclose(ref.structure.positions[1], np.array([0.0, 0.7572, -0.4692]) * ANGSTROM_BOHR,
+                               atol=1e-10)
+    np.testing.assert_allclose(ref.mol.atom_coords(), ref.structure.positions, atol=1e-12)
+    # the rebuilt Mole is fully usable, e.g. by PySCF's atomic KS (DESIGN section 4)
+    assert ref.mol._ecpbas.shape[-1] == 8
+    s = read_settings(ref.path)
+    assert s["n_cycles"] >= 2 and s["wall_time_s"] > 0 and s["densitylearn_version"]
+    assert s["restricted"] is True or s["restricted"] == 1
+
+    h2 = load_reference(os.path.join(out, "h2.chk"))
+    assert np.trace(h2.dm @ h2.mol.intor("int1e_ovlp")) == pytest.approx(2.0, abs=1e-8)
+
+
+def test_rerun_skips_and_keeps_files(computed, capsys):
+    paths = [os.path.join(computed["out"], n) for n in ("h2o.chk", "h2.chk")]
+    before = [os.stat(p).st_mtime_ns for p in paths]
+    rc, out, err = _main(capsys, computed["h2o"], computed["h2"], "--out", computed["out"], *FAST)
+    assert rc == 0
+    assert "0 computed, 2 skipped (already present), 0 failed, 0 unconverged" in out
+    assert [os.stat(p).st_mtime_ns for p in paths] == before
+
+
+def test_mismatched_settings_error_then_overwrite(computed, capsys, tmp_path):
+    import shutil
+
+    out = str(tmp_path / "out")
+    shutil.copytree(computed["out"], out)
+    mtime = os.stat(os.path.join(out, "h2.chk")).st_mtime_ns
+    rc, _, err = _main(capsys, computed["h2"], "--out", out, "--basis", "6-31g", "--grid-level", "1",
+                       "--no-progress")
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+    assert "h2.chk" in err and "--overwrite" in err and "another --out" in err
+    assert os.stat(os.path.join(out, "h2.chk")).st_mtime_ns == mtime
+    rc, out_txt, _ = _main(capsys, computed["h2"], "--out", out, "--basis", "6-31g", "--grid-level", "1",
+                           "--no-progress", "--overwrite")
+    assert rc == 0 and "1 computed" in out_txt
+    from densitylearn.reference import load_reference
+
+    assert load_reference(os.path.join(out, "h2.chk")).basis == "6-31g"
+
+
+def test_shards_split_a_multiframe_file(tmp_path, capsys):
+    multi = _write(tmp_path / "mols.xyz", H2 + H2 + H2)  # frames mols_0, mols_1, mols_2
+    out = str(tmp_path / "out")
+    rc, txt, _ = _main(capsys, multi, "--out", out, "--shard", "1/2", *FAST)
+    assert rc == 0 and "1 computed" in txt and "of 1 " in txt
+    assert os.listdir(out) == ["mols_1.chk"]
+    rc, txt, _ = _main(capsys, multi, "--out", out, "--shard", "0/2", "--workers", "2", *FAST)
+    assert rc == 0 and "2 computed" in txt
+    assert sorted(os.listdir(out)) == ["mols_0.chk", "mols_1.chk", "mols_2.chk"]
+    rc, _, err = _main(capsys, multi, "--out", out, "--shard", "2/2", *FAST)
+    assert rc == 2 and "--shard" in err
+
+
+def test_unconverged_is_reported_and_not_kept(tmp_path, capsys):
+    f = _write(tmp_path / "nh3.xyz", NH3)
+    out = tmp_path / "out"
+    rc, txt, err = _main(capsys, f, "--out", str(out), "--max-cycle", "1", *FAST)
+    assert rc == 1
+    assert "0 computed" in txt and "1 unconverged" in txt and "unconverged: nh3" in txt
+    assert "not converged" in err and "nh3" in err
+    assert sorted(os.listdir(out)) == ["nh3.unconverged.chk"]
+    from densitylearn.reference import load_reference
+
+    assert load_reference(str(out / "nh3.unconverged.chk")).converged is False
+
+
+def test_open_shell_runs_unrestricted(tmp_path, capsys):
+    from pyscf import dft, gto
+
+    from densitylearn.reference import load_reference
+
+    f = _write(tmp_path / "h.xyz", "1\nhydrogen atom\nH 0 0 0\n")
+    rc, _, _ = _main(capsys, f, "--out", str(tmp_path / "out"), *FAST)
+    assert rc == 0
+    ref = load_reference(str(tmp_path / "out" / "h.chk"))
+    assert ref.mol.spin == 1 and ref.structure.spin == 1
+    assert np.trace(ref.dm @ ref.mol.intor("int1e_ovlp")) == pytest.approx(1.0, abs=1e-8)
+    mf = dft.UKS(gto.M(atom="H 0 0 0", basis="sto-3g", spin=1, verbose=0))
+    mf.xc, mf.grids.level, mf.conv_tol = "pbe", 1, 1e-9
+    assert ref.e_tot == pytest.approx(mf.kernel(), abs=1e-8)
+
+
+def test_library_api(tmp_path):
+    from densitylearn.reference import compute_references, run_reference
+    from densitylearn.structure import read_structures
+
+    (s,) = read_structures(_write(tmp_path / "h2.xyz", H2))
+    res = run_reference(s, basis="sto-3g", grid_level=1, return_objects=True)
+    assert res["converged"] and res["e_tot"] == pytest.approx(res["mf"].e_tot)
+    assert res["mol"].nao == 2 and res["restricted"]
+    summary = compute_references([s], str(tmp_path / "out"), basis="sto-3g", grid_level=1,
+                                 progress=False)
+    assert summary["computed"] == ["h2"] and summary["failed"] == []
+    assert summary["results"]["h2"]["e_tot"] == pytest.approx(res["e_tot"], abs=1e-10)
+
+
+@pytest.mark.parametrize("case", ["missing", "garbage", "charge", "spin", "nan", "periodic",
+                                  "bad_frame", "xc"])
+def test_bad_inputs_one_line_exit_2(case, computed, tmp_path, capsys):
+    out = computed["out"]
+    before = {n: os.stat(os.path.join(out, n)).st_mtime_ns for n in os.listdir(out)}
+    extra = []
+    if case == "missing":
+        f = str(tmp_path / "nope.xyz")
+    elif case == "garbage":
+        f = _write(tmp_path / "junk.xyz", "this is\nnot a structure file\n")
+    elif case == "charge":
+        f, extra = computed["h2o"], ["--charge", "11"]
+    elif case == "spin":
+        f, extra = computed["h2o"], ["--spin", "1"]
+    elif case == "nan":
+        f = _write(tmp_path / "nan.xyz", "2\n\nH 0 0 0\nH 0 0 nan\n")
+    elif case == "periodic":
+        f = _write(tmp_path / "cell.xyz",
+                   '1\nLattice="3 0 0 0 3 0 0 0 3" Properties=species:S:1:pos:R:3 pbc="T T T"\n'
+                   "H 0 0 0\n")
+    elif case == "bad_frame":  # the bad structure comes after a good one: nothing is computed
+        f = _write(tmp_path / "frames.xyz", H2 + "2\n\nH 0 0 0\nH 0 0 0.01\n")
+    elif case == "xc":
+        f, extra = computed["h2o"], ["--xc", "nosuchfunctional"]
+    rc, _, err = _main(capsys, f, computed["h2"], "--out", out, *FAST, *extra)
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("densitylearn compute: error:")
+    if case != "xc":
+        assert os.path.basename(f) in lines[0]
+    if case == "periodic":
+        assert "periodic structures are not supported by compute yet" in lines[0]
+    if case == "bad_frame":
+        assert "frames_1" in lines[0]
+    assert {n: os.stat(os.path.join(out, n)).st_mtime_ns for n in os.listdir(out)} == before
+
+
+def test_cuda_without_gpu4pyscf(computed, tmp_path, capsys):
+    pytest.importorskip("pyscf")
+    if importlib.util.find_spec("gpu4pyscf") is not None:
+        pytest.skip("gpu4pyscf is installed")
+    rc, _, err = _main(capsys, computed["h2"], "--out", str(tmp_path / "o"), "--device", "cuda", *FAST)
+    assert rc == 2 and "densitylearn[gpu]" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_qm9_range(tmp_path, capsys):
+    if importlib.util.find_spec("qm9pack") is None:
+        pytest.skip("qm9pack not installed")
+    out = tmp_path / "out"
+    rc, txt, _ = _main(capsys, "--qm9", "1", "--out", str(out), *FAST)  # methane
+    assert rc == 0 and os.listdir(out) == ["qm9_000001.chk"]
+    from densitylearn.reference import load_reference
+
+    ref = load_reference(str(out / "qm9_000001.chk"))
+    assert ref.structure.source == "qm9:1"
+    assert np.trace(ref.dm @ ref.mol.intor("int1e_ovlp")) == pytest.approx(10.0, abs=1e-8)
+
+
+def test_no_inputs_is_an_error(tmp_path, capsys):
+    rc, _, err = _main(capsys, "--out", str(tmp_path / "o"))
+    assert rc == 2 and "--qm9" in err
