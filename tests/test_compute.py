@@ -6,6 +6,7 @@ level 1, so the whole file takes seconds on two cores.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import numpy as np
