@@ -196,12 +196,12 @@ class CoefficientDataset:
         The ``.h5`` file.
     expect_basis : AuxBasis, optional
         Raise :class:`MismatchError` unless the file's basis agrees on the file's elements.
-    expect_saed_hash : str, optional
-        Raise :class:`MismatchError` unless the file's SAED hash equals this.
+    expect_saed : densitylearn.saed.SAED, optional
+        Raise :class:`MismatchError` unless the file's SAED (functional, orbital basis and
+        radial terms of every element in the file) equals this one's.
     """
 
-    def __init__(self, path: str, expect_basis: AuxBasis | None = None,
-                 expect_saed_hash: str | None = None):
+    def __init__(self, path: str, expect_basis: AuxBasis | None = None, expect_saed=None):
         import h5py
 
         self.path = os.fspath(path)
@@ -230,9 +230,19 @@ class CoefficientDataset:
         if expect_basis is not None:
             # every element of the file must exist, with identical shells, in the expected basis
             self.basis.require_same(expect_basis, context=self.path)
-        if expect_saed_hash is not None and self.attrs.get("saed_hash") != expect_saed_hash:
-            raise MismatchError(f"{self.path}: SAED hash {self.attrs.get('saed_hash')!r} differs from "
-                                f"the expected {expect_saed_hash!r} (different functional or orbital basis?)")
+        if expect_saed is not None:
+            if self.saed is None:
+                raise MismatchError(f"{self.path}: the file records no SAED")
+            self.saed.require_same(expect_saed, context=self.path)
+
+    @property
+    def saed(self):
+        """The file's SAED (:class:`densitylearn.saed.SAED`), or None if it records none."""
+        if not self.saed_definition:
+            return None
+        from .saed import SAED
+
+        return SAED.from_definition(self.saed_definition)
 
     # -- fork safety
     def __getstate__(self):
@@ -317,7 +327,7 @@ class CoefficientDataset:
 
 
 #: Attributes that must agree for datasets to be merged.
-MERGE_KEYS = ("kind", "targets", "auxbasis_name", "saed_hash", "metric", "constrained", "xc",
+MERGE_KEYS = ("kind", "targets", "auxbasis_name", "metric", "constrained", "xc",
               "orbital_basis", "grid_level", "sh_order")
 
 
@@ -343,6 +353,21 @@ def merge_datasets(paths, out: str) -> int:
     attrs = dict(first.attrs)
     attrs["auxbasis_definition"] = json.dumps(merged.definition(zs))
     attrs["auxbasis_hash"] = merged.hash
+    if first.saed_definition:
+        from .saed import SAED
+
+        terms = dict(first.saed_definition["elements"])
+        for d in sets[1:]:
+            if d.saed is None:
+                raise MismatchError(f"{d.path}: records no SAED, {first.path} does")
+            common = [int(z) for z in d.saed_definition["elements"] if z in terms]
+            acc = SAED.from_definition({**first.saed_definition, "elements": terms})
+            acc.require_same(d.saed, elements=common, context=d.path)  # also xc and basis
+            for z, e in d.saed_definition["elements"].items():
+                terms.setdefault(z, e)
+        saed = SAED.from_definition({**first.saed_definition, "elements": terms})
+        attrs["saed_definition"] = json.dumps(saed.definition())
+        attrs["saed_hash"] = saed.hash
 
     def records():
         names = set()
