@@ -17,6 +17,7 @@ COMMANDS = {
     "compute": "compute",
     "fit-basis": "fit_basis",
     "merge": "merge",
+    "evaluate": "evaluate",
     "quickstart": "quickstart",
 }
 

@@ -41,6 +41,46 @@ def saed_cache(tmp_path_factory):
     return str(tmp_path_factory.mktemp("saed_cache"))
 
 
+SMALL_XYZ = ("3\nwater\nO 0.0 0.0 0.1173\nH 0.0 0.7572 -0.4692\nH 0.0 -0.7572 -0.4692\n"
+             "4\nammonia\nN 0.0 0.0 0.1162\nH 0.0 0.9397 -0.2711\nH 0.8138 -0.4699 -0.2711\n"
+             "H -0.8138 -0.4699 -0.2711\n"
+             "5\nmethane\nC 0 0 0\nH 0.6291 0.6291 0.6291\nH -0.6291 -0.6291 0.6291\n"
+             "H -0.6291 0.6291 -0.6291\nH 0.6291 -0.6291 -0.6291\n")
+
+#: fit-basis options for fast tests (floors on a level-1 grid)
+FIT = ["--auxbasis", "def2-universal-jfit", "--floor-grid-level", "1", "--quiet"]
+
+
+@pytest.fixture(autouse=True)
+def _saed_cache_env(monkeypatch, saed_cache):
+    """Every test uses the session's SAED cache, never the user's home."""
+    monkeypatch.setenv("DENSITYLEARN_CACHE", saed_cache)
+
+
+@pytest.fixture(scope="session")
+def chks(tmp_path_factory, saed_cache):
+    """PBE/def2-SVP reference chkfiles of water, ammonia and methane (level-1 SCF grid)."""
+    from densitylearn import cli
+
+    root = tmp_path_factory.mktemp("refs")
+    xyz = root / "mols.xyz"
+    xyz.write_text(SMALL_XYZ)
+    assert cli.main(["compute", str(xyz), "--out", str(root / "chk"), "--grid-level", "1",
+                     "--no-progress"]) == 0
+    return sorted(str(p) for p in (root / "chk").glob("*.chk"))
+
+
+@pytest.fixture(scope="session")
+def fit_dataset(chks, tmp_path_factory, saed_cache):
+    """A fit-basis dataset of the three small molecules."""
+    from densitylearn import cli
+
+    os.environ["DENSITYLEARN_CACHE"] = saed_cache
+    out = tmp_path_factory.mktemp("fit") / "data.h5"
+    assert cli.main(["fit-basis", *chks, "--out", str(out), *FIT]) == 0
+    return str(out)
+
+
 def random_rotation(seed=0, improper=False):
     rng = np.random.default_rng(seed)
     q, r = np.linalg.qr(rng.normal(size=(3, 3)))

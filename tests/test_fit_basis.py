@@ -9,28 +9,7 @@ from densitylearn import cli
 from densitylearn.data import CoefficientDataset
 from densitylearn.fitting import electron_integrals
 
-XYZ = ("3\nwater\nO 0.0 0.0 0.1173\nH 0.0 0.7572 -0.4692\nH 0.0 -0.7572 -0.4692\n"
-       "4\nammonia\nN 0.0 0.0 0.1162\nH 0.0 0.9397 -0.2711\nH 0.8138 -0.4699 -0.2711\n"
-       "H -0.8138 -0.4699 -0.2711\n"
-       "5\nmethane\nC 0 0 0\nH 0.6291 0.6291 0.6291\nH -0.6291 -0.6291 0.6291\n"
-       "H -0.6291 0.6291 -0.6291\nH 0.6291 -0.6291 -0.6291\n")
-
-FIT = ["--auxbasis", "def2-universal-jfit", "--floor-grid-level", "1", "--quiet"]
-
-
-@pytest.fixture(scope="module")
-def chks(tmp_path_factory):
-    root = tmp_path_factory.mktemp("refs")
-    xyz = root / "mols.xyz"
-    xyz.write_text(XYZ)
-    assert cli.main(["compute", str(xyz), "--out", str(root / "chk"), "--grid-level", "1",
-                     "--no-progress"]) == 0
-    return sorted(str(p) for p in (root / "chk").glob("*.chk"))
-
-
-@pytest.fixture(autouse=True)
-def _saed_cache(monkeypatch, saed_cache):
-    monkeypatch.setenv("DENSITYLEARN_CACHE", saed_cache)
+from conftest import FIT
 
 
 def test_fit_basis_writes_both_targets_and_floors(chks, tmp_path, capsys):

@@ -1,0 +1,73 @@
+"""``densitylearn evaluate``: eps_mae against the exact reference densities."""
+
+import json
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+
+from densitylearn import cli
+from densitylearn.data import CoefficientDataset
+from densitylearn.metrics import eps_mae, per_element_eps, reference_density
+
+
+def test_evaluate_reproduces_the_fitting_floors(fit_dataset, tmp_path, capsys):
+    out = tmp_path / "report.json"
+    plots = tmp_path / "plots"
+    assert cli.main(["evaluate", fit_dataset, "--grid-level", "1", "--json", str(out),
+                     "--plots", str(plots), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "DCD better than TCD" in text
+    report = json.loads(out.read_text())
+    ds = CoefficientDataset(fit_dataset)
+    floors = dict(zip(ds.column("name"), zip(ds.column("eps_mae_total"), ds.column("eps_mae_difference"))))
+    for row in report["structures"]:
+        t, d = floors[row["name"]]
+        assert row["eps_mae_total"] == pytest.approx(t, rel=1e-6)
+        assert row["eps_mae_difference"] == pytest.approx(d, rel=1e-6)
+    assert set(report["per_element"]["DCD"]) == {"H", "C", "N", "O"}
+    assert report["summary"]["dcd_better_fraction"] == 1.0
+    assert sorted(p.name for p in plots.iterdir()) == ["per_element.png", "radial_error_profiles.png",
+                                                       "relative_gain_violin.png"]
+
+
+def test_per_element_partition_sums_to_the_total(chks):
+    from densitylearn.grid import becke_grid
+    from densitylearn.reference import load_reference
+
+    ref = load_reference(chks[0])
+    pts, w, atoms = becke_grid(ref.mol, level=1, return_atoms=True)
+    rho = reference_density(ref.mol, ref.dm, pts)
+    noisy = rho * (1 + 0.01 * np.sin(pts[:, 0]))
+    parts = per_element_eps(noisy, rho, w, atoms, ref.structure.numbers)
+    err = sum(e for e, _ in parts.values())
+    n = sum(r for _, r in parts.values())
+    assert n == pytest.approx(ref.structure.n_electrons, rel=1e-4)
+    assert 100 * err / n == pytest.approx(eps_mae(noisy, rho, w), rel=1e-12)
+
+
+def test_bad_inputs_are_one_line_errors(fit_dataset, chks, tmp_path, capsys):
+    # a reference whose geometry differs
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for c in chks:
+        shutil.copy(c, moved)
+    with h5py.File(moved / "mols_0.chk", "r+") as f:  # water
+        mol = json.loads(f["mol"][()])
+        mol["_atom"][0][1][0] += 0.1
+        del f["mol"]
+        f["mol"] = json.dumps(mol)
+    assert cli.main(["evaluate", fit_dataset, "--reference", *map(str, moved.iterdir()), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "geometry" in err[0] and "mols_0" in err[0]
+    # NaN coefficients
+    bad = tmp_path / "nan.h5"
+    shutil.copy(fit_dataset, bad)
+    with h5py.File(bad, "r+") as f:
+        f["coef_total"][3] = np.nan
+    assert cli.main(["evaluate", str(bad), "--quiet"]) == 2
+    assert "NaN" in capsys.readouterr().err
+    # a basis other than the one asked for
+    assert cli.main(["evaluate", fit_dataset, "--auxbasis", "def2-universal-jkfit", "--quiet"]) == 2
+    assert "differs" in capsys.readouterr().err
