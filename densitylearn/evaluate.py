@@ -133,6 +133,33 @@ def evaluate_file(path: str, references=None, grid_level: int = DEFAULT_GRID_LEV
     return report
 
 
+def write_cubes(path: str, folder: str, references=None, spacing: float = 0.2, margin: float = 4.0,
+                limit: int | None = None) -> int:
+    """Cube files per structure: total and error densities (and the difference density for
+    DCD coefficients) on a uniform box. Returns the number of files written."""
+    from .cube import density_cubes
+    from .data import CoefficientDataset
+    from .reference import load_reference
+    from .metrics import reference_density
+
+    ds = CoefficientDataset(path)
+    refs = _reference_map(references)
+    target = "difference" if "difference" in _targets(ds) else "total"
+    n = 0
+    for i in range(len(ds) if limit is None else min(limit, len(ds))):
+        rec = ds[i]
+        chk = refs.get(rec["name"]) or rec["source"]
+        reference = None
+        if chk and os.path.isfile(chk):
+            ref = load_reference(chk)
+            reference = lambda pts, ref=ref: reference_density(ref.mol, ref.dm, pts)  # noqa: E731
+        written = density_cubes(folder, rec["name"], ds.basis, rec["numbers"], rec["positions"],
+                                ds.coefficients(i, target), saed=ds.saed if target == "difference" else None,
+                                reference=reference, spacing=spacing, margin=margin)
+        n += len(written)
+    return n
+
+
 def _stats(x) -> dict:
     x = np.asarray(x, dtype=np.float64)
     return {"mean": float(x.mean()), "median": float(np.median(x)), "p5": float(np.percentile(x, 5)),
@@ -216,7 +243,8 @@ def write_plots(report: dict, folder: str) -> list[str]:
         for lab in labels:
             prof = report["radial_profiles"][lab].get(el)
             if prof is not None:
-                ax.loglog(centres, np.maximum(prof, 1e-12), label=lab)
+                prof = np.asarray(prof, dtype=float)
+                ax.loglog(centres, np.where(prof > 0, prof, np.nan), label=lab)  # empty bins: gaps
         ax.set_title(el)
         ax.set_xlabel("distance from nucleus (bohr)")
     axes[0][0].set_ylabel("|error| per atom (e/bohr)")

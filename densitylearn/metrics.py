@@ -80,7 +80,7 @@ def fitting_floors(mol, dm, basis, coef_total, coef_difference, saed, level: int
 
 
 #: Radial bins (bohr) of the error profiles around each nucleus, logarithmic.
-RADIAL_BINS = np.concatenate([[0.0], np.geomspace(0.01, 10.0, 31)])
+RADIAL_BINS = np.concatenate([[0.0], np.geomspace(0.02, 10.0, 19)])
 
 
 def per_element_eps(rho_hat, rho_ref, weights, atom_index, numbers) -> dict:

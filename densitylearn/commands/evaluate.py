@@ -20,12 +20,16 @@ def add_arguments(p):
                    help="auxiliary basis you expect the file to use (an error if it differs)")
     p.add_argument("--json", default=None, metavar="OUT.json", help="write the full report")
     p.add_argument("--plots", default=None, metavar="DIR", help="write PNG plots into DIR")
+    p.add_argument("--cube", default=None, metavar="DIR",
+                   help="also write total, difference and error density cube files into DIR")
+    p.add_argument("--cube-spacing", type=float, default=0.2, help="cube grid spacing, bohr (default: %(default)s)")
+    p.add_argument("--cube-margin", type=float, default=4.0, help="cube box margin, bohr (default: %(default)s)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N structures")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args):
-    from ..evaluate import evaluate_file, format_report, write_json, write_plots
+    from ..evaluate import evaluate_file, format_report, write_cubes, write_json, write_plots
 
     report = evaluate_file(args.coefficients, references=args.reference, grid_level=args.grid_level,
                            expect_auxbasis=args.auxbasis, progress=not args.quiet, limit=args.limit)
@@ -33,6 +37,10 @@ def run(args):
     if args.json:
         write_json(report, args.json)
         print(f"wrote {args.json}")
+    if args.cube:
+        n = write_cubes(args.coefficients, args.cube, references=args.reference, spacing=args.cube_spacing,
+                        margin=args.cube_margin, limit=args.limit)
+        print(f"wrote {n} cube files into {args.cube}")
     if args.plots:
         for path in write_plots(report, args.plots):
             print(f"wrote {path}")

@@ -76,6 +76,18 @@ def run(args):
         print(f"{names[i]:<10} {len(ds[i]['numbers']):>5} {et[i]:>12.3f} {ed[i]:>12.3f}")
     print()
     print(format_summary(s))
+    from ..evaluate import evaluate_file, write_cubes, write_plots
+
+    print("\nper-element errors, radial error profiles and plots (densitylearn evaluate)")
+    report = evaluate_file(out, progress=not args.quiet)
+    plots = write_plots(report, os.path.join(args.out, "plots"))
+    cubes = os.path.join(args.out, "cubes")
+    write_cubes(out, cubes, spacing=0.25)
+    for lab in report["targets"]:
+        pe = report["per_element"][lab]
+        print(f"{lab} per element: " + ", ".join(f"{el} {v:.3f} %" for el, v in pe.items()))
+    print(f"cube files (total, difference = DCD, error vs DFT): {cubes}/")
+    print("plots: " + ", ".join(plots))
     return 0
 
 
