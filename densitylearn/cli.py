@@ -18,6 +18,7 @@ COMMANDS = {
     "fit-basis": "fit_basis",
     "merge": "merge",
     "evaluate": "evaluate",
+    "train": "train",
     "quickstart": "quickstart",
 }
 

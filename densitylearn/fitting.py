@@ -46,6 +46,28 @@ def make_auxmol(mol, basis: AuxBasis):
     return auxmol
 
 
+def structure_metric(basis: AuxBasis, numbers, positions, metric: str = "coulomb") -> np.ndarray:
+    """Metric matrix of a structure's auxiliary functions, shape (n_functions, n_functions).
+
+    ``(P|Q)`` (Coulomb, hartree-weighted) or ``<P|Q>`` (overlap); positions in bohr. For an
+    error density with coefficients e, ``e @ M @ e`` is its Coulomb self-energy (hartree,
+    times 2) or its squared L2 norm (e^2/bohr^3).
+    """
+    from pyscf import gto
+
+    from ase.data import chemical_symbols
+
+    auxmol = gto.Mole()
+    auxmol.atom = [(chemical_symbols[int(z)], tuple(p)) for z, p in
+                   zip(np.asarray(numbers).reshape(-1), np.asarray(positions, dtype=np.float64))]
+    auxmol.unit = "Bohr"
+    auxmol.basis = basis.to_pyscf_basis()
+    auxmol.spin = None
+    auxmol.verbose = 0
+    auxmol.build()
+    return metric_matrix(auxmol, metric)
+
+
 def metric_matrix(auxmol, metric: str = "coulomb") -> np.ndarray:
     """The two-centre metric, shape (naux, naux): ``(P|Q)`` or ``<P|Q>``."""
     _check_metric(metric)

@@ -247,8 +247,11 @@ class DensityModel(torch.nn.Module):
         Atomic numbers the model handles (default: all of the basis's). Structures with
         other elements are refused with an :class:`InputError`.
 
-    The model is float32 after construction (or the default dtype); ``model.double()``
-    gives float64. :meth:`describe` / :meth:`from_description` round-trip everything but
+    The model has the default dtype (float32) after construction; ``model.double()`` gives
+    float64. e3nn's constant tables are computed in float64 at construction and restored
+    exactly after every cast and after ``load_state_dict``, so a float64 model is
+    equivariant to ~1e-15 even when cast from float32 or loaded from a float32 checkpoint
+    (construction switches torch's default dtype for its duration: not thread-safe). :meth:`describe` / :meth:`from_description` round-trip everything but
     the state dict (plain types: safe for ``torch.load(weights_only=True)``).
     """
 
@@ -280,7 +283,7 @@ class DensityModel(torch.nn.Module):
         self.to(dtype)
 
     def _build(self, config: ModelConfig, zs) -> None:
-
+        """Create the layers and buffers (called with float64 as the default dtype)."""
         table = torch.full((_MAX_Z,), -1, dtype=torch.long)
         table[torch.tensor(zs)] = torch.arange(len(zs))
         self.register_buffer("species_of_z", table, persistent=False)

@@ -1,0 +1,481 @@
+"""Training of coefficient models for the TCD or DCD target, from one CPU to many GPUs.
+
+The loss measures the error of the density itself: for each structure the coefficient
+error e = c_hat - c is weighted by the auxiliary basis's metric matrix M at that geometry,
+``e @ M @ e`` — with the Coulomb metric (default) that is twice the Coulomb self-energy of
+the error density, with the overlap metric its squared L2 norm — divided by the number of
+electrons and averaged over the batch. (``loss: mse`` gives plain coefficient MSE for
+comparison.) Validation measures eps_mae on a Becke grid against the exact reference
+densities of the chkfiles (a fixed validation subset), with the EMA weights.
+
+Everything else a long run needs: AdamW, linear warm-up then cosine decay, EMA of the
+weights, gradient clipping, early stopping on validation eps_mae, self-contained
+checkpoints (``last.pt`` every epoch, ``best.pt`` at the best validation; loadable with
+``torch.load(weights_only=True)``), resume from ``last.pt`` (the data order of every epoch
+is a function of the seed and the epoch, so a resumed run continues as if never stopped),
+a JSON-lines log, and torch.distributed data parallelism when started with ``torchrun``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from . import graph as G
+from .errors import InputError, MismatchError
+
+CHECKPOINT_FORMAT = "densitylearn-checkpoint"
+CHECKPOINT_VERSION = 1
+LOSSES = ("coulomb", "overlap", "mse")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training settings (a YAML/JSON file maps 1:1 onto these fields plus ``model:``)."""
+
+    target: str = "difference"      #: 'difference' (Delta-SAED DCD) or 'total' (TCD)
+    loss: str = "coulomb"           #: 'coulomb', 'overlap' (metric-weighted) or 'mse'
+    batch_size: int = 8
+    lr: float = 3e-3
+    weight_decay: float = 1e-6
+    warmup_steps: int = 50
+    max_epochs: int = 200
+    grad_clip: float = 10.0
+    ema_decay: float = 0.99
+    patience: int = 30              #: epochs without validation improvement before stopping
+    val_fraction: float = 0.1
+    val_structures: int = 16        #: validation structures evaluated on a grid each epoch
+    val_grid_level: int = 2
+    seed: int = 0
+    num_workers: int = 0
+    device: str = "auto"            #: 'auto', 'cpu' or 'cuda'
+    dtype: str = "float32"
+    amp: bool = False               #: bfloat16 autocast on CUDA
+    max_train_structures: int | None = None
+    model: dict = field(default_factory=dict)  #: ModelConfig fields
+
+    def __post_init__(self):
+        if self.target not in G.GRAPH_TARGETS:
+            raise InputError(f"config: target must be one of {', '.join(G.GRAPH_TARGETS)}, got {self.target!r}")
+        if self.loss not in LOSSES:
+            raise InputError(f"config: loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.dtype not in ("float32", "float64"):
+            raise InputError(f"config: dtype must be float32 or float64, got {self.dtype!r}")
+        for name in ("batch_size", "max_epochs", "val_structures"):
+            if getattr(self, name) < 1:
+                raise InputError(f"config: {name} must be >= 1")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise InputError("config: val_fraction must lie in (0, 1)")
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "TrainConfig":
+        d = dict(d or {})
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise InputError(f"config: unknown key {unknown[0]!r} (known: {', '.join(sorted(names))})")
+        return cls(**d)
+
+    @classmethod
+    def from_file(cls, path: str, **overrides) -> "TrainConfig":
+        """Read a YAML (needs PyYAML) or JSON file; ``overrides`` win."""
+        if not os.path.isfile(path):
+            raise InputError(f"{path}: no such config file")
+        with open(path) as fh:
+            text = fh.read()
+        if path.endswith((".yaml", ".yml")):
+            try:
+                import yaml
+            except ImportError:
+                raise InputError(f"{path}: YAML configs need PyYAML (pip install pyyaml), or use JSON") from None
+            d = yaml.safe_load(text) or {}
+        else:
+            d = json.loads(text)
+        if not isinstance(d, dict):
+            raise InputError(f"{path}: config must be a mapping")
+        d.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return cls.from_dict(d)
+        except InputError as exc:
+            raise InputError(f"{path}: {exc}") from None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------- helpers
+def _torch_dtype(name: str) -> torch.dtype:
+    return {"float32": torch.float32, "float64": torch.float64}[name]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: no CUDA device is available")
+    return torch.device(name)
+
+
+def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic train/validation split of ``n`` structures."""
+    perm = np.random.default_rng(seed).permutation(n)
+    n_val = max(1, int(round(val_fraction * n)))
+    if n - n_val < 1:
+        raise InputError(f"dataset has {n} structure(s): too few for a training and a validation split")
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+class MetricCache:
+    """Per-structure auxiliary metric matrices (PySCF integrals), computed once and kept."""
+
+    def __init__(self, basis, metric: str):
+        self.basis, self.metric, self._cache = basis, metric, {}
+
+    def get(self, key, numbers, positions) -> np.ndarray:
+        if key not in self._cache:
+            from .fitting import structure_metric
+
+            self._cache[key] = structure_metric(self.basis, numbers, positions, self.metric)
+        return self._cache[key]
+
+
+def density_loss(pred: torch.Tensor, target: torch.Tensor, offsets, metrics, n_electrons) -> torch.Tensor:
+    """Mean over structures of ``e @ M_s @ e / N_s`` (``metrics`` None: mean squared error)."""
+    err = pred - target
+    if metrics is None:
+        return (err ** 2).mean()
+    total = pred.new_zeros(())
+    for s, m in enumerate(metrics):
+        e = err[offsets[s]:offsets[s + 1]]
+        total = total + e @ (m @ e) / n_electrons[s].clamp(min=1.0)
+    return total / len(metrics)
+
+
+class EMA:
+    """Exponential moving average of parameters (and copies of buffers)."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        for k, v in model.state_dict().items():
+            if v.is_floating_point():
+                self.shadow[k].mul_(self.decay).add_(v.detach(), alpha=1 - self.decay)
+            else:
+                self.shadow[k].copy_(v)
+
+    def state_dict(self) -> dict:
+        return {k: v.clone() for k, v in self.shadow.items()}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.shadow = {k: v.clone() for k, v in d.items()}
+
+
+def _lr_lambda(warmup: int, total: int):
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        frac = (step - warmup) / max(1, total - warmup)
+        return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
+    return f
+
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": repr(random.getstate()),
+            "numpy": [np_state[0], torch.as_tensor(np_state[1].astype(np.int64)), int(np_state[2]),
+                      int(np_state[3]), float(np_state[4])]}
+
+
+def _set_rng_state(d: dict) -> None:
+    import ast
+
+    torch.set_rng_state(d["torch"])
+    random.setstate(ast.literal_eval(d["python"]))
+    n = d["numpy"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
+
+
+def save_checkpoint(path: str, payload: dict) -> None:
+    """Atomic ``torch.save`` (temp file, fsync, rename)."""
+    from .io_utils import atomic_path
+
+    with atomic_path(path, suffix=".pt") as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: str) -> dict:
+    """Load a checkpoint with torch's safe loader; errors name the file."""
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: no such checkpoint")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated or foreign files raise many types
+        raise InputError(f"{path}: not a readable densitylearn checkpoint ({type(exc).__name__})") from None
+    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
+        raise InputError(f"{path}: not a densitylearn checkpoint")
+    return ck
+
+
+def model_from_checkpoint(path_or_ck, use_ema: bool = True):
+    """Rebuild a :class:`~densitylearn.model.DensityModel` (EMA weights by default)."""
+    from .model import DensityModel
+
+    ck = load_checkpoint(path_or_ck) if isinstance(path_or_ck, str) else path_or_ck
+    model = DensityModel.from_description(ck["model"])
+    model.load_state_dict(ck["ema_state_dict"] if use_ema and "ema_state_dict" in ck else ck["state_dict"])
+    model.eval()
+    return model
+
+
+# ----------------------------------------------------------------------------- validation
+class GridValidator:
+    """eps_mae of predictions on a fixed set of validation structures.
+
+    Reference densities come from the structures' chkfiles (``source``); where a chkfile
+    is missing, the fitted density of the dataset stands in and the log says so
+    (``val_reference: fit``).
+    """
+
+    def __init__(self, dataset, indices, target: str, grid_level: int):
+        from .grid import becke_grid, evaluate_density
+        from .metrics import reference_density
+        from .reference import load_reference
+
+        self.items, self.reference_kind = [], "dft"
+        saed = dataset.saed if target == "difference" else None
+        for i in indices:
+            rec = dataset[int(i)]
+            chk = rec["source"]
+            pts, w = becke_grid((rec["numbers"], rec["positions"]), level=grid_level)
+            if chk and os.path.isfile(chk):
+                ref = load_reference(chk)
+                rho_ref = reference_density(ref.mol, ref.dm, pts)
+            else:
+                self.reference_kind = "fit"
+                with torch.no_grad():
+                    rho_ref = evaluate_density(dataset.basis, rec["numbers"], rec["positions"],
+                                               G.record_target(rec, target), pts, saed=saed).numpy()
+            self.items.append((rec, pts, w, rho_ref))
+        self.basis, self.saed, self.target = dataset.basis, saed, target
+
+    @torch.no_grad()
+    def __call__(self, model) -> float:
+        from .grid import evaluate_density
+        from .metrics import eps_mae
+
+        device = next(model.parameters()).device
+        eps = []
+        for rec, pts, w, rho_ref in self.items:
+            batch = G.to_device(G.collate([rec], self.basis), device)
+            c = model(batch)[G.COEFFICIENTS].double().cpu()
+            rho = evaluate_density(self.basis, rec["numbers"], rec["positions"], c, pts, saed=self.saed)
+            eps.append(eps_mae(rho.numpy(), rho_ref, w))
+        return float(np.mean(eps))
+
+
+# ----------------------------------------------------------------------------- training
+def _dist_info():
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def maybe_init_distributed(device: torch.device) -> bool:
+    """Initialise torch.distributed when launched by torchrun (WORLD_SIZE > 1)."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return dist.is_available() and dist.is_initialized()
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return True
+
+
+def train(data_path: str, out_dir: str, config: TrainConfig = TrainConfig(), progress: bool = True,
+          log=print, epoch_callback=None) -> dict:
+    """Train a model on a coefficient dataset; resumes from ``out_dir/last.pt`` if present.
+
+    ``epoch_callback(entry)`` is called on rank 0 after each epoch's checkpoint is written,
+    with that epoch's log entry. Returns a summary dict (epochs run, best validation
+    eps_mae, paths).
+    """
+    from tqdm.auto import tqdm
+
+    from .data import CoefficientDataset
+    from .model import DensityModel, ModelConfig
+
+    device = resolve_device(config.device)
+    distributed = maybe_init_distributed(device)
+    rank, world = _dist_info()
+    if distributed and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    dtype = _torch_dtype(config.dtype)
+    ds = CoefficientDataset(data_path)
+    if config.target == "difference" and ds.saed is None:
+        raise MismatchError(f"{data_path}: target 'difference' needs a dataset that records its SAED")
+    os.makedirs(out_dir, exist_ok=True)
+    last_path, best_path = os.path.join(out_dir, "last.pt"), os.path.join(out_dir, "best.pt")
+    log_path = os.path.join(out_dir, "log.jsonl")
+
+    resume = load_checkpoint(last_path) if os.path.exists(last_path) else None
+    if resume is not None:
+        stored = TrainConfig.from_dict(resume["train_config"])
+        if stored != config:
+            diff = [k for k in config.to_dict() if getattr(stored, k) != getattr(config, k)]
+            raise MismatchError(f"{last_path}: run was started with other settings ({', '.join(diff)}); "
+                                f"use another --out or the original config")
+        if resume["dataset"]["auxbasis_hash"] != ds.basis.hash or resume["dataset"]["n"] != len(ds):
+            raise MismatchError(f"{last_path}: run was started on another dataset than {data_path}")
+
+    train_idx, val_idx = split_indices(len(ds), config.val_fraction, config.seed)
+    if config.max_train_structures:
+        train_idx = train_idx[:config.max_train_structures]
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    random.seed(config.seed)
+
+    mcfg = ModelConfig.from_dict(config.model)
+    elements = sorted(set(ds.elements))
+    if resume is not None:
+        model = DensityModel.from_description(resume["model"])
+    else:
+        model = DensityModel(mcfg, ds.basis, config.target, elements=elements)
+        if rank == 0 and progress:
+            log(f"fitting per-element target normalisation on {len(train_idx)} training structures")
+        model.fit_normalisation(G.GraphDataset(ds, config.target, indices=train_idx))
+    model = model.to(device=device, dtype=dtype)
+    # readouts of elements absent from a batch get no gradient: find_unused_parameters
+    ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True,
+                                                    forward_sync_buffers=False) if distributed else None
+    net = ddp if ddp is not None else model
+
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = max(1, math.ceil(len(train_idx) / (config.batch_size * world)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(config.warmup_steps,
+                                                              steps_per_epoch * config.max_epochs))
+    ema = EMA(model, config.ema_decay)
+    epoch, step, best, bad = 0, 0, float("inf"), 0
+    if resume is not None:
+        model.load_state_dict(resume["state_dict"])
+        opt.load_state_dict(resume["optimizer"])
+        sched.load_state_dict(resume["scheduler"])
+        ema.load_state_dict(resume["ema_state_dict"])
+        epoch, step, best, bad = resume["epoch"], resume["step"], resume["best_val"], resume["bad_epochs"]
+        _set_rng_state(resume["rng"])
+        if rank == 0 and progress:
+            log(f"resuming {out_dir} at epoch {epoch} (best validation eps_mae {best:.4f} %)")
+
+    gds = G.GraphDataset(ds, config.target)
+    metric_cache = MetricCache(ds.basis, config.loss) if config.loss != "mse" else None
+    val_ds = [gds[int(i)] for i in val_idx]
+    validator = GridValidator(ds, val_idx[:config.val_structures], config.target, config.val_grid_level) \
+        if rank == 0 else None
+
+    def batch_loss(records, idx, train_mode: bool):
+        batch = G.to_device(gds.collate(records), device)
+        batch = {k: (v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
+                 for k, v in batch.items()}
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=config.amp and device.type == "cuda"):
+            out = (net if train_mode else model)(batch)  # validation runs on rank 0 only
+        pred = out[G.COEFFICIENTS].to(dtype)
+        mats = None
+        if metric_cache is not None:
+            mats = [torch.as_tensor(metric_cache.get(int(i), r["numbers"], r["positions"]),
+                                    device=device, dtype=dtype) for i, r in zip(idx, records)]
+        return density_loss(pred, batch[G.TARGET_COEFFICIENTS], batch[G.COEF_OFFSETS].tolist(), mats,
+                            batch[G.N_ELECTRONS])
+
+    summary = {"out_dir": out_dir, "best": best_path, "last": last_path}
+    while epoch < config.max_epochs and bad < config.patience:
+        t0 = time.time()
+        perm = np.random.default_rng([config.seed, epoch]).permutation(train_idx)
+        # every rank takes the same number of batches (the permutation wraps around)
+        perm = np.resize(perm, steps_per_epoch * config.batch_size * world)[rank::world]
+        model.train()
+        losses = []
+        bar = tqdm(range(0, len(perm), config.batch_size), desc=f"epoch {epoch}", unit="batch",
+                   disable=not progress or rank != 0, leave=False)
+        for b0 in bar:
+            idx = perm[b0:b0 + config.batch_size]
+            loss = batch_loss([ds[int(i)] for i in idx], idx, True)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            opt.step()
+            sched.step()
+            ema.update(model)
+            step += 1
+            losses.append(float(loss.detach()))
+            bar.set_postfix(loss=f"{losses[-1]:.3e}")
+        epoch += 1
+        stop = torch.zeros(1)
+        if rank == 0:
+            # validation with the EMA weights
+            live = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            model.load_state_dict(ema.state_dict())
+            model.eval()
+            with torch.no_grad():
+                vloss = float(np.mean([float(batch_loss([r], [int(i)], False))
+                                       for r, i in zip(val_ds, val_idx)]))
+            veps = validator(model)
+            model.load_state_dict(live)
+            improved = veps < best
+            if improved:
+                best, bad = veps, 0
+            else:
+                bad += 1
+            entry = {"epoch": epoch, "step": step, "train_loss": float(np.mean(losses)) if losses else float("nan"),
+                     "val_loss": vloss, "val_eps_mae": veps, "val_reference": validator.reference_kind,
+                     "lr": sched.get_last_lr()[0], "time_s": time.time() - t0}
+            with open(log_path, "a") as fh:
+                fh.write(json.dumps(entry) + "\n")
+            if progress:
+                log(f"epoch {epoch}: train loss {entry['train_loss']:.4e}, val loss {vloss:.4e}, "
+                    f"val eps_mae {veps:.4f} %{' *' if improved else ''}")
+            payload = _checkpoint_payload(model, ema, opt, sched, config, ds, epoch, step, best, bad,
+                                          train_idx, val_idx)
+            if improved:
+                save_checkpoint(best_path, payload)
+            save_checkpoint(last_path, payload)
+            stop[0] = float(bad >= config.patience)
+            if epoch_callback is not None:
+                epoch_callback(entry)
+        if distributed:
+            import torch.distributed as dist
+
+            dist.broadcast(stop, 0)
+            bad = config.patience if stop[0] > 0 else bad
+    summary.update({"epochs": epoch, "steps": step, "best_val_eps_mae": best})
+    return summary
+
+
+def _checkpoint_payload(model, ema, opt, sched, config, ds, epoch, step, best, bad, train_idx, val_idx) -> dict:
+    from .data import code_versions
+
+    return {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "model": model.describe(),
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "ema_state_dict": {k: v.detach().cpu() for k, v in ema.state_dict().items()},
+            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            "train_config": config.to_dict(), "epoch": epoch, "step": step, "best_val": best,
+            "bad_epochs": bad, "rng": _rng_state(),
+            "saed": json.dumps(ds.saed_definition) if ds.saed_definition else "",
+            "dataset": {"path": os.path.abspath(ds.path), "n": len(ds), "auxbasis_hash": ds.basis.hash,
+                        "xc": ds.attrs.get("xc", ""), "orbital_basis": ds.attrs.get("orbital_basis", ""),
+                        "metric": ds.attrs.get("metric", "")},
+            "split": {"train": torch.as_tensor(train_idx), "val": torch.as_tensor(val_idx)},
+            "versions": json.dumps(code_versions())}

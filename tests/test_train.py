@@ -1,0 +1,113 @@
+"""Training: loss, checkpoints, exact resume, determinism, bad input, two-process DDP."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from densitylearn import cli
+from densitylearn.errors import InputError, MismatchError
+from densitylearn.train import (TrainConfig, density_loss, load_checkpoint, model_from_checkpoint, train)
+
+TINY_MODEL = {"num_layers": 1, "hidden_irreps": "8x0e+4x1o+2x2e+2x3o+2x4e", "sh_lmax": 4, "embedding_dim": 8, "num_radial": 4,
+              "radial_hidden": 8}
+CFG = dict(max_epochs=3, batch_size=1, val_fraction=0.34, val_structures=1, val_grid_level=1,
+           warmup_steps=1, model=TINY_MODEL)
+
+
+def test_coulomb_loss_is_the_coulomb_energy_of_the_error(water_scf):
+    from densitylearn.basis import AuxBasis
+    from densitylearn.fitting import structure_metric
+
+    mol, _ = water_scf
+    basis = AuxBasis.load("def2-universal-jfit", [1, 8])
+    m = torch.as_tensor(structure_metric(basis, [8, 1, 1], mol.atom_coords(), "coulomb"))
+    e = torch.randn(m.shape[0], dtype=torch.float64) * 1e-2
+    loss = density_loss(e, torch.zeros_like(e), [0, len(e)], [m], torch.tensor([10.0], dtype=torch.float64))
+    assert float(loss) == pytest.approx(float(e @ m @ e) / 10.0)
+    assert float(loss) > 0  # the Coulomb metric is positive definite
+
+
+def test_training_writes_safe_checkpoints_and_logs(fit_dataset, tmp_path):
+    out = tmp_path / "run"
+    summary = train(fit_dataset, str(out), TrainConfig.from_dict(CFG), progress=False)
+    assert summary["epochs"] == 3
+    lines = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == [1, 2, 3]
+    assert all(np.isfinite(x["val_eps_mae"]) and x["val_reference"] == "dft" for x in lines)
+    ck = torch.load(out / "last.pt", weights_only=True)  # plain types and tensors only
+    assert ck["model"]["target"] == "difference" and ck["saed"]
+    model = model_from_checkpoint(str(out / "best.pt"))
+    from densitylearn.data import CoefficientDataset
+
+    rec = CoefficientDataset(fit_dataset)[0]
+    c = model.predict(rec["numbers"], rec["positions"])
+    assert c.shape == rec["coef_total"].shape
+
+
+def test_killed_run_resumes_as_if_never_stopped(fit_dataset, tmp_path):
+    cfg = TrainConfig.from_dict(CFG)
+    train(fit_dataset, str(tmp_path / "straight"), cfg, progress=False)
+
+    def kill_after_first(entry):
+        if entry["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(fit_dataset, str(tmp_path / "killed"), cfg, progress=False, epoch_callback=kill_after_first)
+    assert load_checkpoint(str(tmp_path / "killed" / "last.pt"))["epoch"] == 1
+    train(fit_dataset, str(tmp_path / "killed"), cfg, progress=False)
+    a = load_checkpoint(str(tmp_path / "straight" / "last.pt"))
+    b = load_checkpoint(str(tmp_path / "killed" / "last.pt"))
+    assert a["epoch"] == b["epoch"] == 3
+    for k in a["state_dict"]:
+        torch.testing.assert_close(a["state_dict"][k], b["state_dict"][k], rtol=0, atol=0)
+        torch.testing.assert_close(a["ema_state_dict"][k], b["ema_state_dict"][k], rtol=0, atol=0)
+
+
+def test_total_target_and_bad_inputs(fit_dataset, tmp_path, capsys):
+    cfg = dict(CFG, max_epochs=1, target="total")
+    summary = train(fit_dataset, str(tmp_path / "tcd"), TrainConfig.from_dict(cfg), progress=False)
+    assert summary["epochs"] == 1
+    # resuming with other settings
+    with pytest.raises(MismatchError, match="other settings"):
+        train(fit_dataset, str(tmp_path / "tcd"), TrainConfig.from_dict(dict(cfg, lr=1.0)), progress=False)
+    # unknown config key -> one-line CLI error
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"learning_rate": 1.0}))
+    assert cli.main(["train", fit_dataset, "--out", str(tmp_path / "x"), "--config", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "learning_rate" in err[0] and "bad.json" in err[0]
+    with pytest.raises(InputError, match="too few"):
+        from densitylearn.train import split_indices
+
+        split_indices(1, 0.1, 0)
+
+
+def _ddp_worker(rank, world, data, out, port):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    train(data, out, TrainConfig.from_dict(dict(CFG, max_epochs=1, device="cpu")), progress=False)
+    import torch.distributed as dist
+
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_process_data_parallel_training(fit_dataset, tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = str(tmp_path / "ddp")
+    mp.spawn(_ddp_worker, args=(2, fit_dataset, out, port), nprocs=2, join=True)
+    ck = load_checkpoint(os.path.join(out, "last.pt"))
+    assert ck["epoch"] == 1
+    # two ranks share one epoch: each took ceil(2 / (1 * 2)) = 1 step
+    assert ck["step"] == 1
