@@ -90,19 +90,28 @@ def _normalised(shell: Shell) -> Shell:
     return Shell(l, a.copy(), c.copy() if abs(norm - 1.0) < 1e-10 else c / norm)
 
 
+def _shipped_folder():
+    """The folder of shipped basis files: the installed ``densitylearn.basis_sets`` package,
+    or ``basis_sets/`` beside the package in a source checkout (where setuptools' mapping
+    of that folder into the package does not apply)."""
+    try:
+        return resources.files("densitylearn.basis_sets")
+    except ModuleNotFoundError:
+        from pathlib import Path
+
+        return Path(__file__).resolve().parent.parent / "basis_sets"
+
+
 def shipped_basis_path(name: str) -> str | None:
     """Path of a basis file shipped in ``basis_sets/`` (``NAME.nw``), or None."""
     fname = name if name.endswith(".nw") else name + ".nw"
-    try:
-        p = resources.files("densitylearn.basis_sets").joinpath(fname)
-    except ModuleNotFoundError:  # pragma: no cover - broken install
-        return None
+    p = _shipped_folder().joinpath(fname)
     return str(p) if p.is_file() else None
 
 
 def shipped_basis_names() -> list[str]:
     """Names of the auxiliary bases shipped with the package."""
-    root = resources.files("densitylearn.basis_sets")
+    root = _shipped_folder()
     return sorted(p.name[:-3] for p in root.iterdir() if p.name.endswith(".nw"))
 
 
