@@ -15,8 +15,12 @@ from densitylearn.metrics import eps_mae, per_element_eps, reference_density
 def test_evaluate_reproduces_the_fitting_floors(fit_dataset, tmp_path, capsys):
     out = tmp_path / "report.json"
     plots = tmp_path / "plots"
+    cubes = tmp_path / "cubes"
     assert cli.main(["evaluate", fit_dataset, "--grid-level", "1", "--json", str(out),
-                     "--plots", str(plots), "--quiet"]) == 0
+                     "--plots", str(plots), "--cube", str(cubes), "--cube-spacing", "0.4",
+                     "--quiet"]) == 0
+    assert len(list(cubes.glob("*.difference.cube"))) == 3
+    assert len(list(cubes.glob("*.error.cube"))) == 3
     text = capsys.readouterr().out
     assert "DCD better than TCD" in text
     report = json.loads(out.read_text())
