@@ -19,6 +19,7 @@ COMMANDS = {
     "merge": "merge",
     "evaluate": "evaluate",
     "train": "train",
+    "predict": "predict",
     "quickstart": "quickstart",
 }
 

@@ -14,6 +14,4 @@ def test_quickstart_runs_end_to_end(tmp_path, capsys):
     assert (out / "fits.h5").exists()
     assert len(list((out / "cubes").glob("*.cube"))) >= 8
     assert (out / "plots" / "relative_gain_violin.png").exists()
-    # rerun reuses the references
-    assert cli.main(["quickstart", "--out", str(out), "--quiet"]) == 0
-    assert "4 skipped" in capsys.readouterr().out
+    assert "DCD lower on 100 % of structures" in text
