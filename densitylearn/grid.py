@@ -40,7 +40,7 @@ from .errors import InputError
 DEFAULT_THRESHOLD = 1e-12
 
 #: Default number of points per chunk on CPU and on CUDA.
-DEFAULT_CHUNK_CPU = 2048
+DEFAULT_CHUNK_CPU = 32768  # measured: 3x faster than 2048 on a QM9 molecule, level-3 grid
 DEFAULT_CHUNK_CUDA = 65536
 
 #: Largest number of (pair x width) elements one kernel step materialises (CPU, CUDA).

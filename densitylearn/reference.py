@@ -73,8 +73,8 @@ class Reference:
         Functional and orbital basis as recorded by densitylearn ('' for a foreign chkfile).
     grid_level : int
         Becke grid level of the SCF (-1 when unknown).
-    converged : bool
-        Whether the SCF converged (False when unknown).
+    converged : bool or None
+        Whether the SCF converged (None for plain PySCF chkfiles, which do not record it).
     path : str
         The chkfile read.
     """
@@ -86,7 +86,7 @@ class Reference:
     xc: str
     basis: str
     grid_level: int
-    converged: bool
+    converged: bool | None
     path: str
 
 
@@ -639,7 +639,17 @@ def load_reference(path: str) -> Reference:
     if dm.shape != (mol.nao, mol.nao):
         raise InputError(f"{path}: density matrix shape {dm.shape} does not match the basis "
                          f"({mol.nao} functions)")
+    basis = str(settings.get("basis", ""))
+    if not basis:  # a plain PySCF chkfile: the basis name the Mole was built with, if any
+        try:
+            stored = json.loads(raw).get("basis")
+        except (ValueError, AttributeError):
+            stored = None
+        if isinstance(stored, str) and stored[:1] in "'\"" and stored[-1:] == stored[:1]:
+            stored = stored[1:-1]  # PySCF stores the basis name as its repr
+        basis = stored.lower() if isinstance(stored, str) and stored[:1] not in "{[" else ""
+    converged = settings.get("converged", None)
     return Reference(structure=structure, mol=mol, dm=dm, e_tot=e_tot,
-                     xc=str(settings.get("xc", "")), basis=str(settings.get("basis", "")),
+                     xc=str(settings.get("xc", "")), basis=basis,
                      grid_level=int(settings.get("grid_level", -1)),
-                     converged=bool(settings.get("converged", False)), path=path)
+                     converged=None if converged is None else bool(converged), path=path)

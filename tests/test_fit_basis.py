@@ -76,3 +76,11 @@ def test_bad_inputs(chks, tmp_path, capsys):
     assert cli.main(["fit-basis", chks[0], "--out", str(tmp_path / "x.h5"), "--auxbasis", "nonsense-fit"]) == 2
     assert "nonsense-fit" in capsys.readouterr().err
     assert cli.main(["fit-basis", chks[0], "--out", str(tmp_path / "x.h5"), "--shard", "3/2"]) == 2
+
+
+def test_no_floors_stores_nan_and_the_same_coefficients(chks, fit_dataset, tmp_path):
+    out = tmp_path / "nofloor.h5"
+    assert cli.main(["fit-basis", *chks, "--out", str(out), "--no-floors", *FIT]) == 0
+    ds, ref = CoefficientDataset(str(out)), CoefficientDataset(fit_dataset)
+    assert np.isnan(ds.column("eps_mae_total")).all()
+    np.testing.assert_array_equal(ds[0]["coef_total"], ref[0]["coef_total"])

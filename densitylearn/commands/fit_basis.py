@@ -22,6 +22,8 @@ def add_arguments(p):
                    help="functional of the references, for SAED (default: read from the chkfile)")
     p.add_argument("--floor-grid-level", type=int, default=3,
                    help="Becke grid level for the fitting floors (default: %(default)s)")
+    p.add_argument("--no-floors", action="store_true",
+                   help="skip the fitting floors (faster for large training sets; stored as NaN)")
     p.add_argument("--out", required=True, help="output dataset (.h5)")
     p.add_argument("--workers", type=int, default=1, help="worker processes (default: 1)")
     p.add_argument("--shard", default=None, metavar="I/N", help="fit only chkfiles k with k %% N == I")
@@ -35,7 +37,7 @@ def run(args):
     from ..preprocess import FitSettings, fit_basis, format_summary
 
     settings = FitSettings(auxbasis=args.auxbasis, metric=args.metric, constrain=not args.no_constraint,
-                           floor_grid_level=args.floor_grid_level, xc=args.xc)
+                           floor_grid_level=-1 if args.no_floors else args.floor_grid_level, xc=args.xc)
     summary = fit_basis(args.chk, args.out, settings, workers=args.workers, shard=args.shard,
                         overwrite=args.overwrite, progress=not args.quiet, keep_going=args.keep_going)
     print(format_summary(summary))
