@@ -476,6 +476,9 @@ def _checkpoint_payload(model, ema, opt, sched, config, ds, epoch, step, best, b
             "saed": json.dumps(ds.saed_definition) if ds.saed_definition else "",
             "dataset": {"path": os.path.abspath(ds.path), "n": len(ds), "auxbasis_hash": ds.basis.hash,
                         "xc": ds.attrs.get("xc", ""), "orbital_basis": ds.attrs.get("orbital_basis", ""),
-                        "metric": ds.attrs.get("metric", "")},
+                        "metric": ds.attrs.get("metric", ""),
+                        # what the model has seen, so prediction can refuse other cases
+                        "charges": sorted({int(x) for x in ds.column("charge")}),
+                        "spins": sorted({int(x) for x in ds.column("spin")})},
             "split": {"train": torch.as_tensor(train_idx), "val": torch.as_tensor(val_idx)},
             "versions": json.dumps(code_versions())}
