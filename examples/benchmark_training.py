@@ -76,8 +76,8 @@ def main():
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0
     atoms = np.mean([len(r["numbers"]) for r in recs.values()])
-    print(f"| device | dtype | params | batch | atoms/structure | structures/s | epoch of 100k (h) | peak GPU MB |")
-    print(f"|---|---|---|---|---|---|---|---|")
+    print("| device | dtype | params | batch | atoms/structure | structures/s | epoch of 100k (h) | peak GPU MB |")
+    print("|---|---|---|---|---|---|---|---|")
     mem = f"{torch.cuda.max_memory_allocated() / 2**20:.0f}" if device.type == "cuda" else "-"
     print(f"| {device} ({torch.get_num_threads()} threads) | {args.dtype} | {count_parameters(model)} | "
           f"{args.batch_size} | {atoms:.1f} | {n / dt:.2f} | {1e5 / (n / dt) / 3600:.2f} | {mem} |")
