@@ -337,12 +337,12 @@ def load_model(path_or_name, device=None) -> Predictor:
         The EMA weights in eval mode, the checkpoint's SAED and reference settings.
     """
     from .saed import SAED
-    from .train import load_checkpoint
+    from .train import load_checkpoint, model_from_checkpoint
 
     path = resolve_model(path_or_name)
     ck = load_checkpoint(path)
     device = _resolve_device(device)
-    model = _model_from_checkpoint(ck).to(device)
+    model = model_from_checkpoint(ck).to(device)
     saed = SAED.from_definition(ck["saed"]) if ck.get("saed") else None
     if model.target == "difference" and saed is None:
         raise InputError(f"{path}: a difference-density (DCD) model without an SAED definition")
@@ -356,24 +356,6 @@ def load_model(path_or_name, device=None) -> Predictor:
     return Predictor(model=model, target=model.target, saed=saed, xc=str(ds.get("xc", "")),
                      orbital_basis=str(ds.get("orbital_basis", "")), checkpoint=path, description=desc,
                      charges=charges, spins=spins, device=device)
-
-
-def _model_from_checkpoint(ck):
-    """The EMA model in eval mode, in the dtype its weights were stored in.
-
-    (:func:`densitylearn.train.model_from_checkpoint` builds the model in torch's default
-    float32 and loads float64 weights into it, rounding them; here the model is cast first.)
-    """
-    from .model import DensityModel
-
-    state = ck["ema_state_dict"] if "ema_state_dict" in ck else ck["state_dict"]
-    dtypes = {v.dtype for v in state.values() if v.is_floating_point()}
-    model = DensityModel.from_description(ck["model"])
-    if len(dtypes) == 1:
-        model = model.to(dtypes.pop())
-    model.load_state_dict(state)
-    model.eval()
-    return model
 
 
 def _resolve_device(device):

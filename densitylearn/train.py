@@ -228,12 +228,17 @@ def load_checkpoint(path: str) -> dict:
 
 
 def model_from_checkpoint(path_or_ck, use_ema: bool = True):
-    """Rebuild a :class:`~densitylearn.model.DensityModel` (EMA weights by default)."""
+    """Rebuild a :class:`~densitylearn.model.DensityModel` in eval mode (EMA weights by default),
+    in the dtype its weights were stored in (cast before loading, so nothing is rounded)."""
     from .model import DensityModel
 
     ck = load_checkpoint(path_or_ck) if isinstance(path_or_ck, str) else path_or_ck
+    state = ck["ema_state_dict"] if use_ema and "ema_state_dict" in ck else ck["state_dict"]
+    dtypes = {v.dtype for v in state.values() if v.is_floating_point()}
     model = DensityModel.from_description(ck["model"])
-    model.load_state_dict(ck["ema_state_dict"] if use_ema and "ema_state_dict" in ck else ck["state_dict"])
+    if len(dtypes) == 1:
+        model = model.to(dtypes.pop())
+    model.load_state_dict(state)
     model.eval()
     return model
 

@@ -29,5 +29,5 @@ def test_installed_package_has_all_modules_and_basis_sets(tmp_path):
     assert "dl-dcd" in names
     help_text = subprocess.run([sys.executable, "-m", "densitylearn.cli", "--help"], cwd=tmp_path,
                                capture_output=True, text=True, check=True).stdout
-    for cmd in ("compute", "fit-basis", "evaluate", "train", "quickstart"):
+    for cmd in ("compute", "fit-basis", "evaluate", "train", "predict", "quickstart"):
         assert cmd in help_text

@@ -1,0 +1,519 @@
+"""Non-self-consistent properties and SCF initial guesses from a predicted density.
+
+A density given as auxiliary-basis coefficients (DCD: plus the analytic SAED density
+matrix ``D_a``; TCD: coefficients alone), or as an orbital-basis density matrix, defines
+one Kohn-Sham Fock matrix::
+
+    F[rho_in] = h + J[rho_in] + V_xc[rho_in]
+
+* ``J_mn = sum_P (mn|P) c_P + sum_ls (mn|ls) D_a,ls`` is exact (analytic integrals; the SAED
+  part never goes through the auxiliary basis).
+* ``V_xc`` is built like PySCF's ``nr_rks`` from ``rho_in`` and ``grad rho_in`` on the DFT
+  grid (aux functions via ``eval_gto('GTOval_sph_deriv1')``, the SAED part via
+  ``numint.eval_rho``), LDA and GGA functionals (libxc through PySCF).
+
+One diagonalisation ``F C = S C eps`` gives orbital energies, the HOMO-LUMO gap, aufbau
+closed-shell occupations and the output density matrix (an SCF initial guess), and the
+Harris-Foulkes energy, which is stationary at the SCF density::
+
+    E_H = sum_i f_i eps_i - 1/2 (rho_in|rho_in) - int v_xc[rho_in] rho_in + E_xc[rho_in] + E_nn
+
+``(rho_in|rho_in) = c^T (P|Q) c + 2 Tr(D_a J_aux) + Tr(D_a J[D_a])``, exact; the
+``int v_xc rho`` term uses the same grid quadrature as ``Tr(D V_xc)`` (for GGA
+``int vrho rho + 2 vsigma grad rho . grad rho``), so a converged SCF density matrix
+reproduces the SCF energy. The dipole moment is that of the input density (analytic
+first moments of the aux functions and of ``D_a``, plus the nuclei).
+
+Units: energies in hartree (``*_ev`` properties and record fields in eV), dipoles in Debye
+(``densitylearn.units.AU_DEBYE``), positions in bohr. Closed-shell molecules, LDA/GGA
+functionals; hybrids, meta-GGAs and NLC are refused (exact exchange needs a density
+matrix, tau needs orbitals). Harris forces are not implemented.
+
+SCF guesses: :func:`guess_density_matrix` (the output density matrix, usable as ``dm0`` in
+PySCF and gpu4pyscf), :func:`run_scf_with_guess` and :func:`compare_guesses` (iterations
+and wall time against PySCF's ``minao``/``atom``/``huckel``/``sap`` guesses; a run that
+does not converge is rerun from ``minao`` and both runs are reported).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from .errors import InputError
+from .units import AU_DEBYE, HARTREE_EV
+
+#: Density targets a coefficient vector can describe.
+TARGETS = ("difference", "total")
+
+#: PySCF initial guesses compared by :func:`compare_guesses` (all exist in PySCF 2.14).
+PYSCF_GUESSES = ("minao", "atom", "huckel", "sap")
+
+#: Label of our guess in comparisons.
+OUR_GUESS = "densitylearn"
+
+
+# ----------------------------------------------------------------------------- results
+@dataclass(frozen=True, eq=False)
+class NSCFResult:
+    """Properties from one diagonalisation of ``F[rho_in]`` (closed shell).
+
+    Attributes
+    ----------
+    energy : float
+        Harris-Foulkes total energy, hartree.
+    mo_energy : ndarray, shape (nmo,)
+        Orbital energies of ``F[rho_in]``, hartree, ascending.
+    mo_occ : ndarray, shape (nmo,)
+        Aufbau occupations (2 or 0), electrons.
+    mo_coeff : ndarray, shape (nao, nmo)
+        Orbital coefficients (columns), S-orthonormal.
+    dm : ndarray, shape (nao, nao)
+        Output density matrix ``C f C^T`` (an SCF initial guess).
+    homo, lumo : float
+        Highest occupied / lowest unoccupied orbital energies, hartree (lumo is NaN when the
+        basis has no virtual orbital).
+    dipole : ndarray, shape (3,)
+        Dipole moment of the input density and the nuclei, Debye (origin (0, 0, 0), as
+        PySCF's ``dip_moment``).
+    n_electrons : float
+        Electron count of the input density, analytic.
+    n_electrons_grid : float
+        The same on the DFT grid (a quadrature check).
+    components : dict[str, float]
+        Harris energy terms, hartree: ``band`` (sum f eps), ``coulomb`` (1/2 (rho|rho)),
+        ``xc`` (E_xc[rho_in]), ``vxc_rho`` (int v_xc rho_in), ``nuclear`` (E_nn).
+    xc : str
+    grid_level : int
+    source : str
+        ``'coefficients:difference'``, ``'coefficients:total'`` or ``'density_matrix'``.
+    """
+
+    energy: float
+    mo_energy: np.ndarray
+    mo_occ: np.ndarray
+    mo_coeff: np.ndarray
+    dm: np.ndarray
+    homo: float
+    lumo: float
+    dipole: np.ndarray
+    n_electrons: float
+    n_electrons_grid: float
+    components: dict
+    xc: str
+    grid_level: int
+    source: str
+
+    @property
+    def gap(self) -> float:
+        """HOMO-LUMO gap, hartree."""
+        return self.lumo - self.homo
+
+    @property
+    def gap_ev(self) -> float:
+        """HOMO-LUMO gap, eV."""
+        return self.gap * HARTREE_EV
+
+    @property
+    def dipole_norm(self) -> float:
+        """|dipole|, Debye."""
+        return float(np.linalg.norm(self.dipole))
+
+    def record(self) -> dict:
+        """JSON-ready summary (plain floats and lists; units in the key names)."""
+        return {"energy_hartree": float(self.energy), "gap_ev": float(self.gap_ev),
+                "homo_ev": float(self.homo * HARTREE_EV), "lumo_ev": float(self.lumo * HARTREE_EV),
+                "dipole_debye": [float(x) for x in self.dipole], "dipole_norm_debye": self.dipole_norm,
+                "n_electrons": float(self.n_electrons), "n_electrons_grid": float(self.n_electrons_grid),
+                "mo_energy_hartree": [float(x) for x in self.mo_energy],
+                "components_hartree": {k: float(v) for k, v in self.components.items()},
+                "xc": self.xc, "grid_level": int(self.grid_level), "source": self.source}
+
+
+# ----------------------------------------------------------------------------- checks
+def _check_mol(mol) -> None:
+    if hasattr(mol, "lattice_vectors"):
+        raise InputError("non-self-consistent properties: periodic cells are not supported (molecules only)")
+    if getattr(mol, "_atm", None) is None or not mol.natm:
+        raise InputError("non-self-consistent properties: the PySCF molecule is not built (call mol.build())")
+    if mol.spin != 0 or mol.nelectron % 2:
+        raise InputError(f"non-self-consistent properties: closed-shell molecules only "
+                         f"({mol.nelectron} electrons, 2S={mol.spin})")
+    if len(getattr(mol, "_ecpbas", ())) or any(mol.atom_nelec_core(i) for i in range(mol.natm)):
+        raise InputError("non-self-consistent properties: ECP/pseudopotential atoms are not supported")
+
+
+def check_xc(xc: str) -> str:
+    """Return ``xc`` if it is a pure LDA or GGA functional PySCF knows; InputError otherwise."""
+    from pyscf.dft import numint
+
+    if not isinstance(xc, str) or not xc.strip():
+        raise InputError(f"functional must be a non-empty name, got {xc!r}")
+    ni = numint.NumInt()
+    try:
+        xctype = ni._xc_type(xc)
+        hyb = ni.hybrid_coeff(xc)
+        rsh = ni.rsh_coeff(xc)
+        nlc = ni.libxc.is_nlc(xc)
+    except (KeyError, ValueError, NotImplementedError) as exc:
+        raise InputError(f"unknown functional {xc!r} ({exc})") from None
+    if xctype not in ("LDA", "GGA") or abs(hyb) > 0 or any(abs(x) > 0 for x in rsh[1:]) or nlc:
+        raise InputError(f"functional {xc!r}: non-self-consistent properties support pure LDA/GGA "
+                         "functionals only (exact exchange, meta-GGA and NLC need orbitals)")
+    return xc
+
+
+def _as_dm(mol, dm, label: str) -> np.ndarray:
+    d = np.asarray(dm, dtype=np.float64)
+    if d.shape != (mol.nao, mol.nao):
+        raise InputError(f"{label}: shape {d.shape}, the molecule has {mol.nao} orbitals")
+    if not np.all(np.isfinite(d)):
+        raise InputError(f"{label}: contains NaN or infinity")
+    return 0.5 * (d + d.T)
+
+
+# ----------------------------------------------------------------------------- integrals
+def aux_moments(auxmol) -> tuple[np.ndarray, np.ndarray]:
+    """``int chi_P`` (naux,) and ``int r chi_P`` (3, naux, bohr) of every aux function.
+
+    Analytic (libcint): the one-centre integrals against a constant function, an s shell
+    of exponent 0 whose coefficient makes it exactly 1 (libcint's s functions carry
+    ``1/sqrt(4 pi)``).
+    """
+    from pyscf import gto
+
+    one = gto.M(atom=[["X", (0.0, 0.0, 0.0)]], basis={"X": [[0, [1.0, 1.0]]]}, unit="Bohr", verbose=0)
+    one._env[one._bas[0, gto.PTR_EXP]] = 0.0
+    one._env[one._bas[0, gto.PTR_COEFF]] = 2.0 * np.sqrt(np.pi)
+    q = gto.intor_cross("int1e_ovlp", auxmol, one)[:, 0]
+    with auxmol.with_common_origin((0.0, 0.0, 0.0)):
+        r = gto.intor_cross("int1e_r", auxmol, one)[:, :, 0]
+    return q, r
+
+
+class _InputDensity:
+    """rho_in = sum_P c_P chi_P + density of ``dm_part`` (either may be absent)."""
+
+    def __init__(self, mol, coefficients=None, basis=None, dm_part=None):
+        from .fitting import make_auxmol
+
+        self.mol = mol
+        self.c = None if coefficients is None else np.asarray(coefficients, dtype=np.float64)
+        self.auxmol = None if self.c is None else make_auxmol(mol, basis)
+        self.dm = dm_part
+
+    def coulomb(self) -> tuple[np.ndarray, float]:
+        """Orbital-basis Coulomb matrix (nao, nao) and 1/2 (rho|rho), hartree (exact)."""
+        from pyscf.scf import hf
+
+        from .fitting import coulomb_matrix
+
+        j = np.zeros((self.mol.nao, self.mol.nao))
+        rr = 0.0
+        if self.c is not None:
+            j_aux = coulomb_matrix(self.mol, self.auxmol, self.c)
+            j += j_aux
+            rr += float(self.c @ self.auxmol.intor("int2c2e") @ self.c)
+            if self.dm is not None:
+                rr += 2.0 * float(np.einsum("ij,ji->", self.dm, j_aux))
+        if self.dm is not None:
+            j_dm = hf.get_jk(self.mol, self.dm, hermi=1, with_k=False)[0]
+            j += j_dm
+            rr += float(np.einsum("ij,ji->", self.dm, j_dm))
+        return j, 0.5 * rr
+
+    def moments(self) -> tuple[float, np.ndarray]:
+        """Electron count and electronic first moment int r rho (3,), bohr, analytic."""
+        n, r = 0.0, np.zeros(3)
+        if self.c is not None:
+            q, rq = aux_moments(self.auxmol)
+            n += float(q @ self.c)
+            r += rq @ self.c
+        if self.dm is not None:
+            n += float(np.einsum("ij,ji->", self.dm, self.mol.intor_symmetric("int1e_ovlp")))
+            with self.mol.with_common_origin((0.0, 0.0, 0.0)):
+                r += np.einsum("xij,ji->x", self.mol.intor_symmetric("int1e_r"), self.dm)
+        return n, r
+
+    def on_grid(self, ni, ao, mask, coords, xctype: str, max_memory_mb: float) -> np.ndarray:
+        """rho (and grad rho for GGA) on a block of grid points, shape (1 or 4, ngrid)."""
+        ng = coords.shape[0]
+        ncomp = 1 if xctype == "LDA" else 4
+        rho = np.zeros((ncomp, ng))
+        if self.dm is not None:
+            rho += np.asarray(ni.eval_rho(self.mol, ao, self.dm, mask, xctype, hermi=1)).reshape(ncomp, ng)
+        if self.c is not None:
+            naux = self.auxmol.nao
+            step = max(64, int(max_memory_mb * 1e6 / (8 * ncomp * naux)))
+            name = "GTOval_sph" if ncomp == 1 else "GTOval_sph_deriv1"
+            for p0 in range(0, ng, step):
+                chi = np.asarray(self.auxmol.eval_gto(name, coords[p0:p0 + step])).reshape(ncomp, -1, naux)
+                rho[:, p0:p0 + step] += chi @ self.c
+        return rho
+
+
+def _xc_terms(mol, density: _InputDensity, xc: str, grid_level: int, max_memory_mb: float):
+    """V_xc (nao, nao), E_xc, int v_xc rho, grid electron count (hartree, electrons)."""
+    from pyscf.dft import gen_grid, numint
+
+    ni = numint.NumInt()
+    xctype = ni._xc_type(xc)
+    grids = gen_grid.Grids(mol)
+    grids.level = int(grid_level)
+    grids.verbose = 0
+    grids.build(with_non0tab=True)
+    nao = mol.nao
+    vmat = np.zeros((nao, nao))
+    exc_sum = vrho_sum = nelec = 0.0
+    ao_deriv = 0 if xctype == "LDA" else 1
+    for ao, mask, weight, coords in ni.block_loop(mol, grids, nao, ao_deriv, max_memory=max_memory_mb):
+        rho = density.on_grid(ni, ao, mask, coords, xctype, max_memory_mb)
+        rho_in = rho[0] if xctype == "LDA" else rho
+        exc, vxc = ni.eval_xc_eff(xc, rho_in, deriv=1, xctype=xctype, spin=0)[:2]
+        vxc = np.asarray(vxc).reshape(rho.shape[0], -1)
+        den = rho[0] * weight
+        nelec += float(den.sum())
+        exc_sum += float(den @ exc)
+        wv = weight * vxc
+        vrho_sum += float(np.sum(wv * rho))
+        wv[0] *= 0.5  # symmetrised below
+        aos = ao.reshape(1, *ao.shape) if xctype == "LDA" else ao[:4]
+        aow = np.einsum("xgi,xg->gi", aos, wv)
+        vmat += aos[0].T @ aow
+    return vmat + vmat.T, exc_sum, vrho_sum, nelec
+
+
+# ----------------------------------------------------------------------------- the API
+def nscf_properties(mol, coefficients=None, basis=None, target: str = "difference", xc: str = "pbe",
+                    dm_saed=None, grid_level: int = 3, *, dm=None, orbital_basis: str | None = None,
+                    max_memory_mb: float = 500.0) -> NSCFResult:
+    """Harris energy, orbital energies, gap, dipole and output density of one input density.
+
+    Parameters
+    ----------
+    mol : pyscf.gto.Mole
+        Built, closed-shell, all-electron molecule in the orbital basis of the calculation.
+    coefficients : ndarray, shape (n_functions,), optional
+        Auxiliary-basis coefficients in ``basis``'s PySCF order (dimensionless).
+    basis : AuxBasis
+        The coefficients' auxiliary basis (required with ``coefficients``).
+    target : {'difference', 'total'}
+        Whether the coefficients describe rho - rho_SAED (the SAED density matrix is added
+        analytically) or the total density.
+    xc : str
+        LDA or GGA functional (PySCF/libxc name) of the Fock matrix and the energy.
+    dm_saed : ndarray, shape (nao, nao), optional
+        SAED density matrix for ``target='difference'``; computed with
+        :func:`densitylearn.saed.saed_density_matrix` (functional ``xc``, basis name
+        ``orbital_basis``) when omitted.
+    grid_level : int
+        PySCF Becke grid level of the XC quadrature.
+    dm : ndarray, shape (nao, nao), optional
+        An orbital-basis density matrix as the input density instead of coefficients (a
+        converged SCF density matrix reproduces the SCF energy and orbital energies).
+    orbital_basis : str, optional
+        Name of ``mol``'s orbital basis, for the SAED cache when ``mol`` came from a chkfile.
+    max_memory_mb : float
+        Working memory of the grid loops, MB.
+
+    Returns
+    -------
+    NSCFResult
+    """
+    from pyscf.scf import hf
+
+    _check_mol(mol)
+    xc = check_xc(xc)
+    if (coefficients is None) == (dm is None):
+        raise InputError("give either coefficients (with basis and target) or a density matrix dm, not both")
+    if dm is not None:
+        density = _InputDensity(mol, dm_part=_as_dm(mol, dm, "density matrix"))
+        source = "density_matrix"
+    else:
+        if target not in TARGETS:
+            raise InputError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+        if basis is None:
+            raise InputError("coefficients need their auxiliary basis (basis=AuxBasis)")
+        numbers = np.array([int(round(z)) for z in mol.atom_charges()])
+        missing = sorted(set(numbers.tolist()) - set(basis.elements))
+        if missing:
+            raise InputError(f"auxiliary basis {basis.name} has no functions for Z={missing[0]}")
+        c = basis.check_coefficients(numbers, coefficients)
+        dm_part = None
+        if target == "difference":
+            if dm_saed is None:
+                from .saed import saed_density_matrix
+
+                dm_saed = saed_density_matrix(mol, xc, basis=orbital_basis)
+            dm_part = _as_dm(mol, dm_saed, "SAED density matrix")
+        density = _InputDensity(mol, coefficients=c, basis=basis, dm_part=dm_part)
+        source = f"coefficients:{target}"
+
+    j, e_coul = density.coulomb()
+    vxc, e_xc, vxc_rho, n_grid = _xc_terms(mol, density, xc, grid_level, max_memory_mb)
+    h = hf.get_hcore(mol)
+    s = mol.intor_symmetric("int1e_ovlp")
+    mo_energy, mo_coeff = hf.eig(h + j + vxc, s)
+    nocc = mol.nelectron // 2
+    mo_occ = np.zeros_like(mo_energy)
+    mo_occ[:nocc] = 2.0
+    dm_out = (mo_coeff[:, :nocc] * 2.0) @ mo_coeff[:, :nocc].T
+    band = float(mo_occ @ mo_energy)
+    e_nuc = float(mol.energy_nuc())
+    energy = band - e_coul - vxc_rho + e_xc + e_nuc
+
+    n_el, r_el = density.moments()
+    nuc = np.einsum("i,ix->x", mol.atom_charges(), mol.atom_coords())
+    homo = float(mo_energy[nocc - 1])
+    lumo = float(mo_energy[nocc]) if nocc < len(mo_energy) else float("nan")
+    return NSCFResult(energy=float(energy), mo_energy=mo_energy, mo_occ=mo_occ, mo_coeff=mo_coeff, dm=dm_out,
+                      homo=homo, lumo=lumo, dipole=(nuc - r_el) * AU_DEBYE, n_electrons=n_el,
+                      n_electrons_grid=n_grid,
+                      components={"band": band, "coulomb": e_coul, "xc": e_xc, "vxc_rho": vxc_rho,
+                                  "nuclear": e_nuc},
+                      xc=xc, grid_level=int(grid_level), source=source)
+
+
+def guess_density_matrix(mol, coefficients=None, basis=None, target: str = "difference", xc: str = "pbe",
+                         dm_saed=None, grid_level: int = 3, **kwargs) -> np.ndarray:
+    """SCF initial guess: the output density matrix of :func:`nscf_properties`, (nao, nao).
+
+    Pass it as ``dm0`` to ``mf.kernel(dm0=...)`` in PySCF or gpu4pyscf (a numpy array;
+    gpu4pyscf converts it). Keyword arguments as :func:`nscf_properties`.
+    """
+    return nscf_properties(mol, coefficients, basis, target, xc, dm_saed, grid_level, **kwargs).dm
+
+
+# ----------------------------------------------------------------------------- SCF runs
+@dataclass(frozen=True, eq=False)
+class SCFRun:
+    """One SCF calculation from a given initial guess.
+
+    Attributes
+    ----------
+    guess : str
+        ``'densitylearn'`` (a given ``dm0``) or a PySCF ``init_guess`` name.
+    converged : bool
+    iterations : int
+        SCF cycles of this run (PySCF's ``mf.cycles``; 0 when it failed before iterating).
+    wall_s : float
+        Wall time of the SCF, seconds (guess construction included for PySCF guesses; for
+        ours the guess time is in ``guess_s``).
+    e_tot : float
+        Final total energy, hartree (NaN when the run raised).
+    guess_s : float
+        Seconds spent making a given ``dm0`` (0 when unknown or for PySCF guesses).
+    error : str or None
+        One line when the run raised (e.g. a guess PySCF cannot make for an element).
+    fallback : SCFRun or None
+        The rerun from ``minao`` when this run did not converge (never hidden).
+    """
+
+    guess: str
+    converged: bool
+    iterations: int
+    wall_s: float
+    e_tot: float
+    guess_s: float = 0.0
+    error: str | None = None
+    fallback: "SCFRun | None" = None
+
+    @property
+    def total_iterations(self) -> int:
+        """Iterations including the fallback rerun."""
+        return self.iterations + (self.fallback.total_iterations if self.fallback else 0)
+
+    @property
+    def total_wall_s(self) -> float:
+        """Seconds including the guess and the fallback rerun."""
+        return self.guess_s + self.wall_s + (self.fallback.total_wall_s if self.fallback else 0.0)
+
+    def record(self) -> dict:
+        """JSON-ready summary."""
+        return {"guess": self.guess, "converged": bool(self.converged), "iterations": int(self.iterations),
+                "wall_s": float(self.wall_s), "guess_s": float(self.guess_s), "e_tot_hartree": float(self.e_tot),
+                "error": self.error, "total_iterations": self.total_iterations,
+                "fallback": self.fallback.record() if self.fallback else None}
+
+
+def run_scf_with_guess(mol, xc: str, dm0=None, init_guess: str = "minao", grid_level: int = 3,
+                       conv_tol: float = 1e-9, max_cycle: int = 50, fallback: str | None = "minao",
+                       guess_s: float = 0.0) -> SCFRun:
+    """Run a restricted KS SCF from ``dm0`` (our guess) or PySCF's ``init_guess``.
+
+    PySCF defaults otherwise (DIIS, ``conv_tol`` hartree). Iterations are PySCF's
+    ``mf.cycles``, cross-checked with a callback counter. A run that does not converge (or
+    raises) is rerun from ``fallback`` (unless None) and returned with it attached.
+    """
+    from pyscf import dft
+
+    label = OUR_GUESS if dm0 is not None else str(init_guess)
+    if dm0 is not None:
+        dm0 = _as_dm(mol, dm0, "initial density matrix")
+    elif init_guess not in PYSCF_GUESSES + ("hcore", "1e", "mod_huckel"):
+        raise InputError(f"unknown initial guess {init_guess!r}; choose one of {', '.join(PYSCF_GUESSES)}")
+    mf = dft.RKS(mol, xc=xc)
+    mf.verbose = 0
+    mf.grids.level = int(grid_level)
+    mf.conv_tol = float(conv_tol)
+    mf.max_cycle = int(max_cycle)
+    if dm0 is None:
+        mf.init_guess = init_guess
+    count = [0]
+
+    def callback(_env):
+        count[0] += 1
+
+    mf.callback = callback
+    t0 = time.perf_counter()
+    error = None
+    try:
+        e_tot = float(mf.kernel(dm0=dm0))
+        converged = bool(mf.converged)
+    except Exception as exc:  # noqa: BLE001 - a failed guess is reported, never hidden
+        e_tot, converged = float("nan"), False
+        error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    wall = time.perf_counter() - t0
+    iterations = int(getattr(mf, "cycles", count[0]) or count[0]) if error is None else count[0]
+    run = SCFRun(guess=label, converged=converged, iterations=iterations, wall_s=wall, e_tot=e_tot,
+                 guess_s=float(guess_s), error=error)
+    if not converged and fallback is not None:
+        again = run_scf_with_guess(mol, xc, None, fallback, grid_level, conv_tol, max_cycle, fallback=None)
+        run = replace(run, fallback=again)
+    return run
+
+
+def compare_guesses(mol, xc: str, dm0=None, guesses=PYSCF_GUESSES, guess_s: float = 0.0,
+                    **scf_kwargs) -> list[SCFRun]:
+    """SCF from our ``dm0`` (first, when given) and from each PySCF guess in ``guesses``.
+
+    Keyword arguments go to :func:`run_scf_with_guess`. Returns one :class:`SCFRun` per
+    guess, in order.
+    """
+    for g in guesses:
+        if g not in PYSCF_GUESSES + ("hcore", "1e", "mod_huckel"):
+            raise InputError(f"unknown initial guess {g!r}; choose from {', '.join(PYSCF_GUESSES)}")
+    runs = []
+    if dm0 is not None:
+        runs.append(run_scf_with_guess(mol, xc, dm0=dm0, guess_s=guess_s, **scf_kwargs))
+    for g in guesses:
+        runs.append(run_scf_with_guess(mol, xc, init_guess=g, **scf_kwargs))
+    return runs
+
+
+def format_runs(runs, name: str = "") -> str:
+    """One line per run: guess, iterations, wall time, convergence and fallback."""
+    lines = []
+    for r in runs:
+        state = "converged" if r.converged else ("ERROR " + r.error if r.error else "NOT converged")
+        extra = ""
+        if r.fallback is not None:
+            fb = r.fallback
+            extra = (f"; fallback {fb.guess}: {fb.iterations} it, {fb.wall_s:.2f} s, "
+                     f"{'converged' if fb.converged else 'NOT converged'}")
+        guess = f" (+{r.guess_s:.2f} s guess)" if r.guess_s else ""
+        lines.append(f"{name + ': ' if name else ''}{r.guess:>12s}  {r.iterations:3d} it  "
+                     f"{r.wall_s:6.2f} s{guess}  {state}{extra}")
+    return "\n".join(lines)
