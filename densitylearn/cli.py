@@ -20,6 +20,8 @@ COMMANDS = {
     "evaluate": "evaluate",
     "train": "train",
     "predict": "predict",
+    "nscf": "nscf",
+    "scf": "scf",
     "quickstart": "quickstart",
 }
 

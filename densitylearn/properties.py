@@ -517,3 +517,179 @@ def format_runs(runs, name: str = "") -> str:
         lines.append(f"{name + ': ' if name else ''}{r.guess:>12s}  {r.iterations:3d} it  "
                      f"{r.wall_s:6.2f} s{guess}  {state}{extra}")
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- model runs
+def resolve_settings(model_xc: str, model_basis: str, xc: str | None = None, basis: str | None = None,
+                     override: bool = False, context: str = "the model") -> tuple[str, str]:
+    """Functional and orbital basis of a calculation with a model's density.
+
+    Defaults to the model's (``Predictor.xc`` / ``orbital_basis``). A requested value that
+    differs raises :class:`MismatchError` unless ``override``; a model that records none
+    needs an explicit value (:class:`InputError`).
+    """
+    from .errors import MismatchError
+    from .reference import _norm_basis, _norm_xc
+
+    out = []
+    for what, flag, have, want, norm in (("functional", "--xc", model_xc, xc, _norm_xc),
+                                         ("orbital basis", "--basis", model_basis, basis, _norm_basis)):
+        have = str(have or "")
+        if want is None:
+            if not have:
+                raise InputError(f"{context} records no {what}; pass {flag}")
+            want = have
+        elif have and norm(have) != norm(want) and not override:
+            raise MismatchError(f"{context} was trained on {what} {have!r}, the calculation asks for {want!r} "
+                                f"(pass --override to use it anyway)")
+        out.append(str(want))
+    return out[0], out[1]
+
+
+def _mae(values) -> float:
+    vals = [abs(v) for v in values if v is not None and np.isfinite(v)]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def nscf_predictions(predictions, xc: str, orbital_basis: str, grid_level: int = 3,
+                     override: bool = False, progress=None) -> dict:
+    """Non-self-consistent properties of predicted densities, compared with references.
+
+    Parameters
+    ----------
+    predictions : iterable of densitylearn.predict.Prediction
+        Coefficients, target, basis and structure. A structure whose ``source`` is a
+        chkfile is compared with that reference: its density matrix goes through the same
+        one diagonalisation on the same grid (``reference`` entry) and its stored SCF
+        energy is reported too.
+    xc, orbital_basis : str
+        The calculation's functional and basis (:func:`resolve_settings`).
+    grid_level : int
+    override : bool
+        Accept a reference computed with another functional or basis.
+    progress : callable or None
+        Called with each finished entry.
+
+    Returns
+    -------
+    dict
+        ``settings``, ``structures`` (per structure: name, n_atoms, ``prediction`` and
+        ``reference`` records (:meth:`NSCFResult.record`), ``reference_e_tot_hartree``,
+        ``errors`` with ``energy_mev_per_atom``, ``gap_mev``, ``dipole_debye`` (norm of the
+        vector difference)) and ``summary`` (mean absolute errors over compared structures).
+    """
+    import os
+
+    from .errors import MismatchError
+    from .reference import _norm_basis, _norm_xc, load_reference
+
+    check_xc(xc)
+    entries = []
+    for pred in predictions:
+        s = pred.structure
+        ref = None
+        if s.source and str(s.source).endswith(".chk") and os.path.isfile(s.source):
+            ref = load_reference(s.source)
+            for what, have, want, norm in (("functional", ref.xc, xc, _norm_xc),
+                                           ("orbital basis", ref.basis, orbital_basis, _norm_basis)):
+                if have and norm(have) != norm(want) and not override:
+                    raise MismatchError(f"{s.source}: reference {what} {have!r} differs from the calculation's "
+                                        f"{want!r} (pass --override to compare anyway)")
+            if not ref.structure.same_geometry(s):
+                raise MismatchError(f"{s.source}: the reference geometry differs from structure {s.label}")
+            mol = ref.mol
+        else:
+            mol = s.to_pyscf(basis=orbital_basis)
+        res = nscf_properties(mol, pred.coefficients, pred.basis, pred.target, xc, grid_level=grid_level,
+                              orbital_basis=orbital_basis)
+        entry = {"name": s.label, "n_atoms": int(len(s)), "target": pred.target, "prediction": res.record(),
+                 "reference": None, "reference_e_tot_hartree": None, "errors": None}
+        if ref is not None:
+            r0 = nscf_properties(mol, dm=ref.dm, xc=xc, grid_level=grid_level)
+            entry["reference"] = r0.record()
+            entry["reference_e_tot_hartree"] = float(ref.e_tot)
+            entry["errors"] = {
+                "energy_mev_per_atom": (res.energy - r0.energy) * HARTREE_EV * 1000 / len(s),
+                "gap_mev": (res.gap - r0.gap) * HARTREE_EV * 1000,
+                "dipole_debye": float(np.linalg.norm(res.dipole - r0.dipole)),
+                "mo_energy_mae_mev": float(np.mean(np.abs(res.mo_energy - r0.mo_energy))) * HARTREE_EV * 1000}
+        entries.append(entry)
+        if progress is not None:
+            progress(entry)
+    compared = [e["errors"] for e in entries if e["errors"]]
+    summary = {"n": len(entries), "n_compared": len(compared)}
+    if compared:
+        for k in ("energy_mev_per_atom", "gap_mev", "dipole_debye", "mo_energy_mae_mev"):
+            summary[f"mae_{k}"] = _mae([c[k] for c in compared])
+    return {"settings": {"xc": xc, "orbital_basis": orbital_basis, "grid_level": int(grid_level),
+                         "units": "energy hartree (errors meV/atom), gap eV (errors meV), dipole Debye"},
+            "structures": entries, "summary": summary}
+
+
+def format_nscf(report: dict) -> str:
+    """A per-structure table and the summary line of :func:`nscf_predictions`."""
+    lines = [f"{'structure':<24s} {'E_Harris/Ha':>16s} {'gap/eV':>8s} {'|mu|/D':>7s}"
+             f" {'dE meV/at':>10s} {'dgap meV':>9s} {'dmu D':>7s}"]
+    for e in report["structures"]:
+        p, err = e["prediction"], e["errors"]
+        cmp = (f" {err['energy_mev_per_atom']:+10.3f} {err['gap_mev']:+9.2f} {err['dipole_debye']:7.4f}"
+               if err else f" {'-':>10s} {'-':>9s} {'-':>7s}")
+        lines.append(f"{e['name'][:24]:<24s} {p['energy_hartree']:16.8f} {p['gap_ev']:8.3f} "
+                     f"{p['dipole_norm_debye']:7.4f}{cmp}")
+    s = report["summary"]
+    if s.get("n_compared"):
+        lines.append(f"mean |error| over {s['n_compared']} references: energy {s['mae_energy_mev_per_atom']:.3f} meV/atom, "
+                     f"gap {s['mae_gap_mev']:.2f} meV, dipole {s['mae_dipole_debye']:.4f} D")
+    return "\n".join(lines)
+
+
+def scf_predictions(predictions, xc: str, orbital_basis: str, guesses=PYSCF_GUESSES, grid_level: int = 3,
+                    conv_tol: float = 1e-9, max_cycle: int = 50, progress=None) -> dict:
+    """SCF from each prediction's guess and from PySCF's ``guesses``: iterations and time.
+
+    Returns a dict with ``settings``, ``structures`` (name, runs: :meth:`SCFRun.record`
+    list, ours first) and ``summary`` (per guess: mean iterations incl. fallbacks, mean
+    wall seconds incl. our guess time, number not converged; ``reduction_vs_minao``: 1 -
+    ours/minao mean iterations when both ran).
+    """
+    check_xc(xc)
+    for g in guesses:
+        if g not in PYSCF_GUESSES + ("hcore", "1e", "mod_huckel"):
+            raise InputError(f"unknown initial guess {g!r}; choose from {', '.join(PYSCF_GUESSES)}")
+    entries = []
+    for pred in predictions:
+        s = pred.structure
+        mol = s.to_pyscf(basis=orbital_basis)
+        t0 = time.perf_counter()
+        dm0 = guess_density_matrix(mol, pred.coefficients, pred.basis, pred.target, xc, grid_level=grid_level,
+                                   orbital_basis=orbital_basis)
+        runs = compare_guesses(mol, xc, dm0, guesses=guesses, guess_s=time.perf_counter() - t0,
+                               grid_level=grid_level, conv_tol=conv_tol, max_cycle=max_cycle)
+        entry = {"name": s.label, "n_atoms": int(len(s)), "runs": [r.record() for r in runs]}
+        entries.append(entry)
+        if progress is not None:
+            progress(entry, runs)
+    summary = {}
+    for g in (OUR_GUESS, *guesses):
+        rs = [r for e in entries for r in e["runs"] if r["guess"] == g]
+        if rs:
+            summary[g] = {"mean_iterations": float(np.mean([r["total_iterations"] for r in rs])),
+                          "mean_wall_s": float(np.mean([r["wall_s"] + r["guess_s"] + (r["fallback"]["wall_s"]
+                                                        if r["fallback"] else 0.0) for r in rs])),
+                          "not_converged": int(sum(not r["converged"] for r in rs))}
+    if OUR_GUESS in summary and "minao" in summary:
+        summary["reduction_vs_minao"] = 1.0 - summary[OUR_GUESS]["mean_iterations"] / summary["minao"]["mean_iterations"]
+    return {"settings": {"xc": xc, "orbital_basis": orbital_basis, "grid_level": int(grid_level),
+                         "conv_tol_hartree": float(conv_tol), "max_cycle": int(max_cycle)},
+            "structures": entries, "summary": summary}
+
+
+def write_json(report: dict, path: str) -> None:
+    """Write a report dict as JSON, crash-safe."""
+    import json
+
+    from .io_utils import atomic_path
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as fh:
+            json.dump(report, fh, indent=1, default=float)

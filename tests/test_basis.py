@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import WATER, random_rotation, run_rks
+from conftest import WATER, random_rotation
 
 from densitylearn.basis import (AuxBasis, Shell, e3nn_to_pyscf_matrix, gto_norm, shipped_basis_names,
                                 solid_harmonics_pyscf, wigner_D_pyscf)

@@ -199,3 +199,145 @@ def test_bad_inputs_are_one_line_input_errors(water_scf):
         nscf_properties(mol, np.zeros(10), no_n, "total")
     with pytest.raises(InputError, match="initial guess"):
         run_scf_with_guess(mol, "pbe", init_guess="guessing")
+
+
+# ----------------------------------------------------------------------------- orchestration
+def _fitted_predictions(chks, spec="def2-universal-jfit"):
+    """Prediction records whose coefficients are fits of the reference chkfiles (no model)."""
+    from dataclasses import replace
+
+    from densitylearn.predict import Prediction
+    from densitylearn.reference import load_reference
+
+    out = []
+    for path in chks[:2]:  # water, ammonia
+        ref = load_reference(path)
+        basis = AuxBasis.load(spec, ref.structure.numbers)
+        dm_saed = saed_density_matrix(ref.mol, "pbe", basis=ref.basis)
+        fit = fit_reference(ref.mol, ref.dm, dm_saed, basis)
+        out.append(Prediction(coefficients=fit.difference, target="difference", basis=basis, saed=None,
+                              structure=replace(ref.structure, source=path), device="cpu"))
+    return out
+
+
+def test_nscf_predictions_compare_with_chkfile_references(chks, tmp_path):
+    import json
+
+    from densitylearn.properties import format_nscf, nscf_predictions, write_json
+
+    report = nscf_predictions(_fitted_predictions(chks), "pbe", "def2-svp", grid_level=1)
+    assert report["summary"]["n_compared"] == 2
+    for e in report["structures"]:
+        # the reference went through the same diagonalisation: its Harris energy is the SCF energy
+        assert e["reference"]["energy_hartree"] == pytest.approx(e["reference_e_tot_hartree"], abs=1e-6)
+        assert abs(e["errors"]["energy_mev_per_atom"]) < 6 and abs(e["errors"]["gap_mev"]) < 30
+    text = format_nscf(report)
+    print("\n" + text)
+    assert "meV/atom" in text.splitlines()[-1]
+    write_json(report, str(tmp_path / "nscf.json"))
+    assert json.loads((tmp_path / "nscf.json").read_text())["summary"]["n"] == 2
+
+
+def test_reference_with_another_functional_is_a_mismatch(chks):
+    from densitylearn.errors import MismatchError
+    from densitylearn.properties import nscf_predictions
+
+    preds = _fitted_predictions(chks)[:1]
+    with pytest.raises(MismatchError, match="--override"):
+        nscf_predictions(preds, "lda,vwn", "def2-svp", grid_level=1)
+    assert nscf_predictions(preds, "lda,vwn", "def2-svp", grid_level=1, override=True)["summary"]["n"] == 1
+
+
+def test_resolve_settings():
+    from densitylearn.errors import MismatchError
+    from densitylearn.properties import resolve_settings
+
+    assert resolve_settings("pbe", "def2-svp") == ("pbe", "def2-svp")
+    assert resolve_settings("pbe", "def2-svp", "PBE", "def2svp") == ("PBE", "def2svp")
+    with pytest.raises(MismatchError, match="functional"):
+        resolve_settings("pbe", "def2-svp", xc="blyp")
+    with pytest.raises(MismatchError, match="orbital basis"):
+        resolve_settings("pbe", "def2-svp", basis="def2-tzvp")
+    assert resolve_settings("pbe", "def2-svp", "blyp", "def2-tzvp", override=True) == ("blyp", "def2-tzvp")
+    with pytest.raises(InputError, match="--xc"):
+        resolve_settings("", "def2-svp")
+
+
+class _FittedModel:
+    """Stands in for load_model's Predictor: real ``Predictor.check``, fitted "predictions".
+
+    (Training even a tiny model costs ~30 s here; the commands only use the Predictor
+    interface: xc, orbital_basis, target, checkpoint, elements, check, iter_predict.)
+    """
+
+    xc, orbital_basis, target, checkpoint = "pbe", "def2-svp", "difference", "fitted.pt"
+    elements, charges, spins = (1, 6, 7, 8), (0,), (0,)
+
+    def __init__(self, chks):
+        self._by_name = {p.structure.name: p for p in _fitted_predictions(chks)}
+
+    def check(self, structures):
+        from densitylearn.predict import Predictor
+
+        return Predictor.check(self, structures)
+
+    def iter_predict(self, structures, checked=False):
+        from dataclasses import replace
+
+        for s in structures:
+            yield replace(self._by_name[s.name], structure=s)
+
+
+@pytest.fixture()
+def fitted_model(chks, monkeypatch):
+    import densitylearn.predict
+
+    model = _FittedModel(chks)
+    monkeypatch.setattr(densitylearn.predict, "load_model", lambda path, device=None: model)
+    return "fitted.pt"
+
+
+def _cli(module, argv):
+    import argparse
+
+    p = argparse.ArgumentParser()
+    module.add_arguments(p)
+    return module.run(p.parse_args(argv))
+
+
+def test_nscf_and_scf_commands(fitted_model, chks, tmp_path, capsys):
+    import json
+
+    from densitylearn.commands import nscf, scf
+
+    water = [c for c in chks if c.endswith("mols_0.chk")]
+    out = tmp_path / "nscf.json"
+    assert _cli(nscf, [fitted_model, *water, "--json", str(out), "--grid-level", "1", "--device", "cpu"]) == 0
+    rep = json.loads(out.read_text())
+    assert rep["settings"]["xc"] == "pbe" and rep["summary"]["n_compared"] == 1
+    assert rep["summary"]["mae_energy_mev_per_atom"] < 6
+    out2 = tmp_path / "scf.json"
+    assert _cli(scf, [*water, "--model", fitted_model, "--guesses", "minao", "--grid-level", "1",
+                      "--device", "cpu", "--json", str(out2)]) == 0
+    rep = json.loads(out2.read_text())
+    assert [r["guess"] for r in rep["structures"][0]["runs"]] == ["densitylearn", "minao"]
+    assert rep["summary"]["reduction_vs_minao"] > 0  # a fitted DCD guess beats minao
+    print("\n" + capsys.readouterr().out)
+
+
+def test_commands_refuse_mismatched_settings_and_elements(fitted_model, tmp_path):
+    from densitylearn.commands import nscf, scf
+    from densitylearn.errors import MismatchError
+
+    xyz = tmp_path / "hf.xyz"
+    xyz.write_text("2\nhf\nH 0 0 0\nF 0 0 0.92\n")
+    water = tmp_path / "w.xyz"
+    water.write_text("3\nw\nO 0.0 0.0 0.1173\nH 0.0 0.7572 -0.4692\nH 0.0 -0.7572 -0.4692\n")
+    with pytest.raises(MismatchError, match="functional"):
+        _cli(nscf, [fitted_model, str(water), "--xc", "blyp", "--device", "cpu"])
+    with pytest.raises(MismatchError, match="orbital basis"):
+        _cli(scf, [str(water), "--model", fitted_model, "--basis", "sto-3g", "--device", "cpu"])
+    with pytest.raises(InputError, match="element F"):
+        _cli(nscf, [fitted_model, str(xyz), "--device", "cpu"])
+    with pytest.raises(InputError, match="LDA/GGA"):
+        _cli(nscf, [fitted_model, str(water), "--xc", "b3lyp", "--override", "--device", "cpu"])

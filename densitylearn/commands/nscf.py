@@ -1,0 +1,48 @@
+"""Non-self-consistent properties from a model's predicted densities.
+
+MODEL is a checkpoint (.pt) or a built-in model name; STRUCTURES are PySCF chkfiles
+(*.chk: the reference's density matrix goes through the same one diagonalisation and the
+errors are reported) or ASE-readable files. For each structure the predicted density (DCD:
+plus the analytic SAED density matrix) builds one Kohn-Sham Fock matrix; one
+diagonalisation gives the Harris-Foulkes energy (hartree), orbital energies and the
+HOMO-LUMO gap (eV); the dipole moment (Debye) is that of the predicted density. The
+functional and orbital basis default to the model's; asking for others is an error
+unless --override. LDA/GGA functionals, closed-shell molecules.
+"""
+
+HELP = "Harris energy, gap and dipole from predicted densities (one diagonalisation)"
+
+
+def add_arguments(p):
+    p.add_argument("model", metavar="MODEL", help="checkpoint file (.pt) or built-in model name")
+    p.add_argument("structures", nargs="+", metavar="STRUCTURES",
+                   help="PySCF chkfiles (*.chk, compared with the reference) or ASE-readable files")
+    p.add_argument("--json", default=None, metavar="OUT.json", help="write every property and error")
+    p.add_argument("--xc", default=None, help="functional (default: the model's)")
+    p.add_argument("--basis", default=None, help="orbital basis (default: the model's)")
+    p.add_argument("--override", action="store_true",
+                   help="allow a functional/basis (or reference) other than the model's")
+    p.add_argument("--grid-level", type=int, default=3, help="PySCF grid level of the XC quadrature (default: %(default)s)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where the model runs (default: %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="print the summary only")
+
+
+def run(args):
+    from ..predict import load_model, read_inputs
+    from ..properties import format_nscf, nscf_predictions, resolve_settings, write_json
+
+    predictor = load_model(args.model, device=args.device)
+    xc, basis = resolve_settings(predictor.xc, predictor.orbital_basis, args.xc, args.basis, args.override,
+                                 context=f"model {args.model}")
+    structures = predictor.check(read_inputs(args.structures))
+    report = nscf_predictions(predictor.iter_predict(structures, checked=True), xc, basis,
+                              grid_level=args.grid_level, override=args.override)
+    report["settings"]["model"] = predictor.checkpoint
+    report["settings"]["target"] = predictor.target
+    text = format_nscf(report)
+    print(text if not args.quiet else text.splitlines()[-1])
+    if args.json:
+        write_json(report, args.json)
+        print(f"wrote {args.json}")
+    return 0

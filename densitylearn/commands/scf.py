@@ -1,0 +1,58 @@
+"""SCF with the model's density as the initial guess, against PySCF's guesses.
+
+For each structure the predicted density gives one Kohn-Sham Fock matrix whose
+diagonalisation is the initial density matrix; a restricted KS SCF (PySCF defaults
+otherwise) runs from it and from each of PySCF's guesses (--guesses). Reported per guess:
+iterations, wall time (ours includes making the guess) and convergence. A run that does
+not converge is rerun from minao and both are reported. The functional and orbital basis
+default to the model's; others are an error unless --override.
+"""
+
+HELP = "SCF iterations and time from the model's guess vs PySCF's guesses"
+
+
+def add_arguments(p):
+    p.add_argument("structures", nargs="+", metavar="STRUCTURES",
+                   help="PySCF chkfiles (*.chk) or ASE-readable structure files")
+    p.add_argument("--model", required=True, metavar="M", help="checkpoint file (.pt) or built-in model name")
+    p.add_argument("--guesses", nargs="*", default=["minao", "atom", "huckel", "sap"],
+                   help="PySCF guesses to compare with (default: %(default)s; none: ours only)")
+    p.add_argument("--json", default=None, metavar="OUT.json", help="write every run")
+    p.add_argument("--xc", default=None, help="functional (default: the model's)")
+    p.add_argument("--basis", default=None, help="orbital basis (default: the model's)")
+    p.add_argument("--override", action="store_true", help="allow a functional/basis other than the model's")
+    p.add_argument("--grid-level", type=int, default=3, help="PySCF grid level (default: %(default)s)")
+    p.add_argument("--conv-tol", type=float, default=1e-9, help="SCF energy convergence, hartree (default: 1e-9)")
+    p.add_argument("--max-cycle", type=int, default=50, help="maximum SCF iterations (default: 50)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where the model runs (default: %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="print the summary only")
+
+
+def run(args):
+    from ..predict import load_model, read_inputs
+    from ..properties import format_runs, resolve_settings, scf_predictions, write_json
+
+    predictor = load_model(args.model, device=args.device)
+    xc, basis = resolve_settings(predictor.xc, predictor.orbital_basis, args.xc, args.basis, args.override,
+                                 context=f"model {args.model}")
+    structures = predictor.check(read_inputs(args.structures))
+
+    def show(entry, runs):
+        if not args.quiet:
+            print(format_runs(runs, entry["name"]), flush=True)
+
+    report = scf_predictions(predictor.iter_predict(structures, checked=True), xc, basis,
+                             guesses=tuple(args.guesses), grid_level=args.grid_level, conv_tol=args.conv_tol,
+                             max_cycle=args.max_cycle, progress=show)
+    report["settings"]["model"] = predictor.checkpoint
+    s = report["summary"]
+    parts = [f"{g}: {v['mean_iterations']:.1f} it, {v['mean_wall_s']:.2f} s"
+             + (f", {v['not_converged']} not converged" if v["not_converged"] else "")
+             for g, v in s.items() if isinstance(v, dict)]
+    red = f"; {100 * s['reduction_vs_minao']:.0f} % fewer iterations than minao" if "reduction_vs_minao" in s else ""
+    print(f"mean over {len(report['structures'])} structures: " + "; ".join(parts) + red)
+    if args.json:
+        write_json(report, args.json)
+        print(f"wrote {args.json}")
+    return 0
