@@ -4,32 +4,33 @@ One file holds many structures as ragged arrays concatenated along their first a
 offset arrays, so that reading structure ``i`` is O(1) for 100k+ structures and no HDF5
 group per structure is needed. A fit-basis dataset and a prediction file share the schema.
 
-File attributes (all JSON-able scalars or JSON strings)
-------------------------------------------------------
-``format``                 ``"densitylearn-coefficients"``; ``format_version`` = 1
-``kind``                   ``"fit"`` (reference fits) or ``"prediction"``
-``targets``                JSON list of coefficient sets present: ``"total"``, ``"saed"``,
-                           ``"difference"`` (a fit file has total and saed; difference =
-                           total - saed)
-``auxbasis_name``, ``auxbasis_hash``, ``auxbasis_definition`` (JSON, full shells)
-``saed_hash``, ``saed_definition`` (JSON: xc, orbital basis, per-element radial terms)
-``metric``, ``constrained``  the density-fitting metric and electron-count constraint
-``xc``, ``orbital_basis``, ``grid_level``  reference-calculation settings
-``sh_order``               spherical-harmonic order of coefficients (PySCF real spherical)
-``units``                  JSON: positions/cell bohr, coefficients dimensionless (unit-norm
-                           functions; density e/bohr^3), energy hartree, eps_mae percent
-``versions``               JSON: densitylearn, pyscf, numpy, h5py, python
-``model``                  (prediction files) JSON description of the model
+File attributes (JSON-able scalars or JSON strings)
+---------------------------------------------------
+
+- ``format``: ``"densitylearn-coefficients"``; ``format_version``: 1
+- ``kind``: ``"fit"`` (reference fits) or ``"prediction"``
+- ``targets``: JSON list of the coefficient sets present: ``"total"``, ``"saed"``,
+  ``"difference"`` (a fit file has total and saed; difference = total - saed)
+- ``auxbasis_name``, ``auxbasis_hash``, ``auxbasis_definition`` (JSON, full shells)
+- ``saed_hash``, ``saed_definition`` (JSON: xc, orbital basis, per-element radial terms)
+- ``metric``, ``constrained``: the density-fitting metric and electron-count constraint
+- ``xc``, ``orbital_basis``, ``grid_level``: reference-calculation settings
+- ``sh_order``: spherical-harmonic order of the coefficients (PySCF real spherical)
+- ``units``: JSON; positions and cell in bohr, coefficients dimensionless (unit-norm
+  functions; densities in e/bohr^3), energy in hartree, eps_mae in percent
+- ``versions``: JSON; densitylearn, pyscf, numpy, h5py, python
+- ``model``, ``checkpoint``: (prediction files) the model's description and its file
 
 Datasets (S structures, A atoms in all, C coefficients in all)
--------------------------------------------------------------
-``atom_offsets`` (S+1,) int64; ``numbers`` (A,) int16; ``positions`` (A, 3) float64 bohr
-``cell`` (S, 3, 3) float64 bohr (zeros for molecules); ``pbc`` (S, 3) bool
-``charge`` (S,) int32; ``spin`` (S,) int32 (2S)
-``coef_offsets`` (S+1,) int64; ``coef_<target>`` (C,) float64 for each target present
-``eps_mae_total``, ``eps_mae_difference`` (S,) float64 percent (NaN when not computed)
-``energy`` (S,) float64 hartree (NaN when unknown)
-``name``, ``source`` (S,) UTF-8 strings (source: reference chkfile or structure file)
+--------------------------------------------------------------
+
+- ``atom_offsets`` (S+1,) int64; ``numbers`` (A,) int16; ``positions`` (A, 3) float64, bohr
+- ``cell`` (S, 3, 3) float64, bohr (zeros for molecules); ``pbc`` (S, 3) bool
+- ``charge`` (S,) int32; ``spin`` (S,) int32 (2S)
+- ``coef_offsets`` (S+1,) int64; ``coef_<target>`` (C,) float64 for each target present
+- ``eps_mae_total``, ``eps_mae_difference`` (S,) float64, percent (NaN when not computed)
+- ``energy`` (S,) float64, hartree (NaN when unknown)
+- ``name``, ``source`` (S,) UTF-8 strings (source: reference chkfile or structure file)
 """
 
 from __future__ import annotations
