@@ -126,12 +126,9 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict | None) -> "ModelConfig":
         """Build from a plain dict (e.g. a YAML section); unknown keys are an error."""
-        d = dict(d or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise InputError(f"model config: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
-        return cls(**d)
+        from .config import dataclass_from_dict
+
+        return dataclass_from_dict(cls, d, "model config")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

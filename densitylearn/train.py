@@ -77,12 +77,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "TrainConfig":
-        d = dict(d or {})
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise InputError(f"config: unknown key {unknown[0]!r} (known: {', '.join(sorted(names))})")
-        return cls(**d)
+        from .config import dataclass_from_dict
+
+        return dataclass_from_dict(cls, d, "config")
 
     @classmethod
     def from_file(cls, path: str, **overrides) -> "TrainConfig":
