@@ -160,7 +160,7 @@ class AuxBasis:
         from pyscf import gto
         from pyscf.lib.exceptions import BasisNotFoundError
 
-        zs = sorted({int(_as_z(e)) for e in elements})
+        zs = sorted({int(as_atomic_number(e)) for e in elements})
         if not zs:
             raise InputError(f"auxiliary basis {spec}: no elements requested")
         shells: dict[int, tuple] = {}
@@ -387,15 +387,24 @@ class AuxBasis:
         return out
 
 
-def _as_z(e) -> int:
-    from ase.data import atomic_numbers
+def as_atomic_number(e) -> int:
+    """Atomic number of ``e`` (an int or an element symbol); :class:`InputError` otherwise."""
+    from ase.data import atomic_numbers, chemical_symbols
 
+    if isinstance(e, (bool, np.bool_)):
+        raise InputError(f"unknown element {e!r}")
     if isinstance(e, (int, np.integer)):
-        return int(e)
-    try:
-        return atomic_numbers[str(e)]
-    except KeyError:
-        raise InputError(f"unknown element {e!r}") from None
+        z = int(e)
+    elif isinstance(e, (float, np.floating)) and float(e).is_integer():
+        z = int(e)
+    else:
+        s = str(e).strip()
+        z = atomic_numbers.get(s[:1].upper() + s[1:].lower(), 0) if s else 0
+        if z == 0:
+            raise InputError(f"unknown element {e!r}")
+    if not 1 <= z < len(chemical_symbols):
+        raise InputError(f"unknown element Z={z}")
+    return z
 
 
 def _shells_from_pyscf(raw, symbol: str, spec: str) -> tuple[Shell, ...]:

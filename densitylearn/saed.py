@@ -43,6 +43,7 @@ import warnings
 
 import numpy as np
 
+from .basis import as_atomic_number
 from .errors import InputError, MismatchError
 from .io_utils import atomic_path
 
@@ -60,26 +61,6 @@ def _canon_name(name, what: str) -> str:
     if not isinstance(name, str) or not name.strip():
         raise InputError(f"SAED: {what} must be a non-empty name, got {name!r}")
     return name.strip().lower()
-
-
-def _as_z(e) -> int:
-    """Atomic number of ``e`` (int or symbol); InputError for anything else."""
-    from ase.data import atomic_numbers, chemical_symbols
-
-    if isinstance(e, (bool, np.bool_)):
-        raise InputError(f"SAED: unknown element {e!r}")
-    if isinstance(e, (int, np.integer)):
-        z = int(e)
-    elif isinstance(e, (float, np.floating)) and float(e).is_integer():
-        z = int(e)
-    else:
-        s = str(e).strip()
-        z = atomic_numbers.get(s[:1].upper() + s[1:].lower(), 0) if s else 0
-        if z == 0:
-            raise InputError(f"SAED: unknown element {e!r}")
-    if not 1 <= z < len(chemical_symbols):
-        raise InputError(f"SAED: unknown element Z={z}")
-    return z
 
 
 def _symbol(z: int) -> str:
@@ -401,7 +382,7 @@ class SAED:
         xc = _canon_name(xc, "xc")
         basis = _canon_name(basis, "basis")
         canon = {}
-        for z, (p, b, w) in sorted(((_as_z(z), t) for z, t in terms.items()), key=lambda kv: kv[0]):
+        for z, (p, b, w) in sorted(((as_atomic_number(z), t) for z, t in terms.items()), key=lambda kv: kv[0]):
             p = np.array(p, dtype=np.int64)
             b = np.array(b, dtype=np.float64)
             w = np.array(w, dtype=np.float64)
@@ -436,7 +417,7 @@ class SAED:
 
     def terms(self, z) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(powers int64 (n,), exponents float64 (n,) bohr^-2, weights float64 (n,))`` of element ``z``."""
-        z = _as_z(z)
+        z = as_atomic_number(z)
         try:
             return self._terms[z]
         except KeyError:
@@ -449,7 +430,7 @@ class SAED:
 
     def cutoff(self, z, tol: float = DEFAULT_CUTOFF_TOL) -> float:
         """Radius (bohr) beyond which element ``z``'s density is below ``tol`` (e/bohr^3)."""
-        z = _as_z(z)
+        z = as_atomic_number(z)
         key = (z, float(tol))
         if key not in self._cutoffs:
             self._cutoffs[key] = cutoff_radius(*self.terms(z), tol=tol)
@@ -491,7 +472,7 @@ class SAED:
 
     def element_hash(self, z) -> str:
         """SHA-256 (full hex) of one element's terms together with xc and basis."""
-        z = _as_z(z)
+        z = as_atomic_number(z)
         self.terms(z)
         payload = json.dumps({"xc": self.xc, "basis": self.basis, "z": z, **self._element_def(z)},
                              sort_keys=True, separators=(",", ":"))
@@ -516,7 +497,7 @@ class SAED:
             raise MismatchError(f"{where}SAED functional differs ({self.xc} vs {other.xc})")
         if self.basis != other.basis:
             raise MismatchError(f"{where}SAED orbital basis differs ({self.basis} vs {other.basis})")
-        zs = self.elements if elements is None else sorted({_as_z(z) for z in elements})
+        zs = self.elements if elements is None else sorted({as_atomic_number(z) for z in elements})
         for z in zs:
             for s in (self, other):
                 if z not in s.elements:
@@ -540,7 +521,7 @@ class SAED:
         numbers = np.asarray(numbers)
         if numbers.ndim != 1:
             raise InputError(f"SAED: numbers must be 1-d, got shape {numbers.shape}")
-        numbers = np.array([_as_z(z) for z in numbers], dtype=np.int64)
+        numbers = np.array([as_atomic_number(z) for z in numbers], dtype=np.int64)
         missing = sorted(set(numbers.tolist()) - set(self.elements))
         if missing:
             raise InputError(f"SAED {self.xc}/{self.basis} has no density for "
@@ -789,7 +770,7 @@ def load_saed(elements, xc: str = "pbe", basis: str = "def2-svp", cache_dir=None
     basis = _canon_name(basis, "basis")
     if isinstance(elements, (str, int, np.integer)):
         elements = [elements]
-    zs = sorted({_as_z(e) for e in elements})
+    zs = sorted({as_atomic_number(e) for e in elements})
     if not zs:
         raise InputError(f"SAED {xc}/{basis}: no elements requested")
     terms = {}
