@@ -16,6 +16,7 @@ import sys
 COMMANDS = {
     "compute": "compute",
     "fit-basis": "fit_basis",
+    "fit-grid": "fit_grid",
     "merge": "merge",
     "evaluate": "evaluate",
     "train": "train",
