@@ -487,7 +487,7 @@ def wigner_D_pyscf(l: int, rotation) -> np.ndarray:
 
 
 def solid_harmonics_pyscf(l: int, xyz):
-    """Regular solid harmonics |r|^l Y_lm(r^) in PySCF's order (torch).
+    """Regular solid harmonics ``|r|^l Y_lm(r^)`` in PySCF's order (torch).
 
     Parameters
     ----------

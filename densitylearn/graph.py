@@ -70,7 +70,7 @@ GRAPH_TARGETS = ("total", "difference")
 # ----------------------------------------------------------------------------- edges
 def neighbour_list(positions: torch.Tensor, batch: torch.Tensor, n_atoms: torch.Tensor,
                    cutoff: float) -> torch.Tensor:
-    """All ordered pairs (i, j), i != j, of atoms of one structure with |r_j - r_i| <= cutoff.
+    """All ordered pairs (i, j), i != j, of atoms of one structure with ``|r_j - r_i| <= cutoff``.
 
     Vectorised over the whole batch (no Python loop over structures); memory is
     O(sum n_atoms^2), which suits molecules up to a few thousand atoms.

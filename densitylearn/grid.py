@@ -19,7 +19,7 @@ evaluates it at arbitrary points (bohr):
 * :func:`becke_grid` (PySCF's atom-centred integration grid) and :func:`uniform_box`
   (cube-file grid).
 
-Screening: a shell is skipped at distance |r| > R_s where R_s is the largest radius with
+Screening: a shell is skipped at distance ``|r| > R_s`` where R_s is the largest radius with
 ``sqrt((2l+1)/4pi) |r|^l sum_k |c_k| exp(-a_k r^2) >= threshold`` (default 1e-12). The
 functions have unit L2 norm, so the threshold is relative to the function's norm, and the
 neglected part of rho at any point is below ``threshold * sum |c_P|`` over the skipped
@@ -36,7 +36,7 @@ import numpy as np
 from .basis import AuxBasis, solid_harmonics_pyscf
 from .errors import InputError
 
-#: Default screening threshold on |chi_P(r)| (bohr^-3/2; functions have unit norm).
+#: Default screening threshold on ``|chi_P(r)|`` (bohr^-3/2; functions have unit norm).
 DEFAULT_THRESHOLD = 1e-12
 
 #: Default number of points per chunk on CPU and on CUDA.
@@ -72,7 +72,7 @@ BATCH_N_FUNCTIONS = "n_functions"
 def shell_cutoff_radius(shell, threshold: float = DEFAULT_THRESHOLD) -> float:
     """Radius (bohr) beyond which every function of ``shell`` is below ``threshold``.
 
-    Bounds |chi_m(r)| by ``sqrt((2l+1)/4pi) |r|^l sum_k |c_k| exp(-a_k |r|^2)`` (the real
+    Bounds ``|chi_m(r)|`` by ``sqrt((2l+1)/4pi) |r|^l sum_k |c_k| exp(-a_k |r|^2)`` (the real
     unit-sphere harmonics obey sum_m Y_lm^2 = (2l+1)/4pi) and returns the largest r where
     the bound reaches ``threshold``; 0 if it never does.
     """
@@ -506,7 +506,7 @@ def evaluate_density(basis: AuxBasis, numbers, positions, coefficients, points, 
     chunk_size : int, optional
         Points per chunk (memory bound); default 2048 on CPU, 65536 on CUDA.
     threshold : float
-        Screening threshold on |chi_P| (see the module docstring).
+        Screening threshold on ``|chi_P|`` (see the module docstring).
 
     Returns
     -------

@@ -93,7 +93,7 @@ def per_element_eps(rho_hat, rho_ref, weights, atom_index, numbers) -> dict:
     Returns
     -------
     dict
-        Z -> (int |rho_hat - rho_ref| over the element's cells, int rho_ref over them), in e.
+        Z -> (``int |rho_hat - rho_ref|`` over the element's cells, ``int rho_ref`` over them), in e.
         ``100 * err / ref`` is the element's eps_mae in percent.
     """
     numbers = np.asarray(numbers)
@@ -116,7 +116,7 @@ def radial_error_profile(rho_hat, rho_ref, weights, atom_index, points, numbers,
     Returns
     -------
     dict
-        Z -> (sum over the element's atoms of int |error| in each radial bin of its Becke
+        Z -> (sum over the element's atoms of ``int |error|`` in each radial bin of its Becke
         cell (shape (len(bins) - 1,), e), number of atoms of Z). Divide by the atom count and
         the bin widths for e/bohr per atom.
     """

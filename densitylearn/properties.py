@@ -118,7 +118,7 @@ class NSCFResult:
 
     @property
     def dipole_norm(self) -> float:
-        """|dipole|, Debye."""
+        """``|dipole|``, Debye."""
         return float(np.linalg.norm(self.dipole))
 
     def record(self) -> dict:
