@@ -1,4 +1,5 @@
-"""Fitting floors of auxiliary basis sets on PySCF chkfiles (TCD and Delta-SAED DCD).
+"""Fitting floors of auxiliary basis sets on PySCF chkfiles (TCD and Delta-SAED DCD)
+=================================================================================
 
 For every chkfile (PBE/def2-SVP reference, e.g. ``refs/qm9_*.chk``) and every
 auxiliary basis this script measures, on a level-3 Becke grid against the exact density of
@@ -136,7 +137,7 @@ def load_basis(spec, elements):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("chkfiles", nargs="+", help="chkfile paths or glob patterns")
     ap.add_argument("--basis", action="append", required=True,
                     help="auxiliary basis spec (PySCF name, etb:BETA, shipped name or .nw path); repeat")

@@ -1,4 +1,5 @@
-"""Design and write ``basis_sets/dl-dcd.nw``: an auxiliary basis for Delta-SAED difference densities.
+"""Design and write ``basis_sets/dl-dcd.nw``: an auxiliary basis for Delta-SAED difference densities
+=================================================================================================
 
 Background
 ----------

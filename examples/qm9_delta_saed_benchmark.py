@@ -1,4 +1,5 @@
-"""TCD vs DCD on QM9: the Delta-SAED benchmark, one command.
+"""TCD vs DCD on QM9: the Delta-SAED benchmark, one command
+========================================================
 
 Usage::
 
