@@ -1,4 +1,5 @@
-"""Training throughput of the coefficient model (structures per second).
+"""Training throughput of the coefficient model (structures per second)
+====================================================================
 
 Usage::
 
