@@ -835,7 +835,10 @@ def fit_grid_file(path: str, basis: str, out: str, *, fmt: str | None = None, pb
         Dataset (``.h5``, :mod:`densitylearn.data` schema), written atomically. Targets:
         ``total``, plus ``difference`` (rho - rho_SAED) with ``difference=True``, which also
         records the SAED. ``eps_mae_total`` / ``eps_mae_difference`` hold the relative L1
-        residual on the input grid (not a Becke-grid floor; the header says so).
+        residual on the input grid (not a Becke-grid floor; the header says so). The
+        record's ``source`` is ``FORMAT:ABSPATH`` (``cube:/...``), not a chkfile path, so
+        training validation falls back to the fitted density and ``evaluate`` asks for
+        ``--reference`` instead of opening the grid file as a chkfile.
     difference : bool
         Also fit rho - rho_SAED, SAED from neutral atoms at ``xc``/``ref_basis``.
     electrons : float, 'auto' or None
@@ -854,7 +857,10 @@ def fit_grid_file(path: str, basis: str, out: str, *, fmt: str | None = None, pb
     if os.path.exists(out) and not overwrite:
         raise InputError(f"{out}: exists; pass --overwrite to replace it or choose another --out")
     grid = read_grid(path, fmt=fmt, pbc=pbc, structure=structure)
-    struct = grid.structure(charge=charge, spin=spin)
+    try:
+        struct = grid.structure(charge=charge, spin=spin)
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from None
     if isinstance(electrons, str):
         if electrons.strip().lower() != "auto":
             try:
@@ -865,12 +871,17 @@ def fit_grid_file(path: str, basis: str, out: str, *, fmt: str | None = None, pb
             electrons = float(struct.n_electrons)
     if electrons is not None and not (np.isfinite(electrons) and electrons > 0):
         raise InputError(f"{path}: electron count must be positive, got {electrons}")
-    aux = AuxBasis.load(basis, grid.numbers, orbital_basis=ref_basis)
-    saed = None
-    if difference:
-        from .saed import load_saed
+    from .errors import DensityLearnError
 
-        saed = load_saed(sorted(set(grid.numbers.tolist())), xc=xc, basis=ref_basis, cache_dir=cache_dir)
+    try:
+        aux = AuxBasis.load(basis, grid.numbers, orbital_basis=ref_basis)
+        saed = None
+        if difference:
+            from .saed import load_saed
+
+            saed = load_saed(sorted(set(grid.numbers.tolist())), xc=xc, basis=ref_basis, cache_dir=cache_dir)
+    except DensityLearnError as exc:
+        raise type(exc)(f"{path}: {' '.join(str(exc).split())}") from None  # one line
     fit = fit_grid(grid, aux, saed=saed, electrons=electrons, rcond=rcond, device=device)
     targets = ("total", "difference") if difference else ("total",)
     attrs = make_header(aux, kind="fit", targets=targets, saed=saed, metric="grid-l2",
@@ -883,7 +894,7 @@ def fit_grid_file(path: str, basis: str, out: str, *, fmt: str | None = None, pb
                                "rcond": float(rcond)})
     rec = {"numbers": struct.numbers, "positions": struct.positions, "cell": struct.cell, "pbc": struct.pbc,
            "charge": struct.charge, "spin": struct.spin, "name": struct.name,
-           "source": os.path.abspath(path), "coef_total": fit.total,
+           "source": f"{grid.fmt}:{os.path.abspath(path)}", "coef_total": fit.total,
            "eps_mae_total": fit.residual_total.l1_percent,
            "eps_mae_difference": (fit.residual_difference.l1_percent if difference else float("nan"))}
     if difference:

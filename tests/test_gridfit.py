@@ -168,6 +168,7 @@ def test_fit_grid_command_writes_a_dataset(tmp_path, small_basis, saed_cache):
     assert ds.saed.hash == saed.hash
     rec = ds[0]
     assert rec["pbc"].all() and list(rec["numbers"]) == [14, 14]
+    assert rec["source"] == f"chgcar:{tmp_path / 'CHGCAR'}"  # not mistaken for a chkfile
     np.testing.assert_allclose(rec["coef_difference"], c, rtol=0, atol=1e-7)
     report = json.loads(rep.read_text())
     assert report["n_images"] > 0 and report["difference"]["l1_percent"] < 1e-6
@@ -266,6 +267,11 @@ def test_bad_grid_shape(tmp_path, good_files, capsys):
         _one_line_error(capsys, ["fit-grid", str(bad), "--basis", "def2-universal-jfit", "--out",
                                  str(tmp_path / "x.h5")], str(bad), what)
     assert not (tmp_path / "x.h5").exists()
+
+
+def test_basis_without_the_element_names_the_file(tmp_path, good_files, capsys):
+    _one_line_error(capsys, ["fit-grid", str(good_files / "ok.cube"), "--basis", "sto-3g-nonexistent",
+                             "--out", str(tmp_path / "x.h5")], str(good_files / "ok.cube"), "sto-3g-nonexistent")
 
 
 def test_chgcar_atoms_must_match_the_structure(tmp_path, good_files, capsys):
