@@ -57,7 +57,35 @@ autodoc_mock_imports = []
 autosummary_generate = False        # module pages are written by hand in docs/api/
 numpydoc_show_class_members = False  # autodoc :members: lists them once
 numpydoc_class_members_toctree = False
-numpydoc_xref_param_type = False
+# Types in Parameters/Returns link to the projects' docs (through intersphinx) when they are
+# known names; other words stay plain text.
+numpydoc_xref_param_type = True
+numpydoc_xref_ignore = "all"
+numpydoc_xref_aliases = {
+    "Tensor": "torch.Tensor",
+    "torch.Tensor": "torch.Tensor",
+    "torch.dtype": "torch.dtype",
+    "torch.device": "torch.device",
+    "Mole": "pyscf.gto.mole.Mole",
+    "pyscf.gto.Mole": "pyscf.gto.mole.Mole",
+    "Atoms": "ase.Atoms",
+    "ase.Atoms": "ase.Atoms",
+    "Irreps": "e3nn.o3.Irreps",
+    "AuxBasis": "densitylearn.basis.AuxBasis",
+    "SAED": "densitylearn.saed.SAED",
+    "Structure": "densitylearn.structure.Structure",
+    "Prediction": "densitylearn.predict.Prediction",
+    "Predictor": "densitylearn.predict.Predictor",
+    "DensityModel": "densitylearn.model.DensityModel",
+    "ModelConfig": "densitylearn.model.ModelConfig",
+    "TrainConfig": "densitylearn.train.TrainConfig",
+    "FitSettings": "densitylearn.preprocess.FitSettings",
+    "FitResult": "densitylearn.fitting.FitResult",
+    "Reference": "densitylearn.reference.Reference",
+    "NSCFResult": "densitylearn.properties.NSCFResult",
+    "SCFRun": "densitylearn.properties.SCFRun",
+    "CoefficientDataset": "densitylearn.data.CoefficientDataset",
+}
 
 # ---------------------------------------------------------------- intersphinx
 #: Inventories of the projects we link to (name -> documentation root).
@@ -83,6 +111,16 @@ def _locations(name):
 intersphinx_mapping = {name: (url, _locations(name)) for name, url in INTERSPHINX_URLS.items()
                        if _locations(name)}
 intersphinx_timeout = 30
+# numpydoc's built-in aliases use :ref: and :term: roles into the Python and NumPy docs;
+# those warn when unresolved, so without the inventory they become plain text.
+import re  # noqa: E402
+
+import numpydoc.xref  # noqa: E402
+
+for _alias, _target in numpydoc.xref.DEFAULT_LINKS.items():
+    _project = re.search(r"[`<](\w+):", _target)
+    if re.match(r":(ref|term):", _target) and _project and _project.group(1) not in intersphinx_mapping:
+        numpydoc_xref_aliases.setdefault(_alias, _alias)
 if OFFLINE:
     print(f"densitylearn docs: offline build, intersphinx links to "
           f"{sorted(set(INTERSPHINX_URLS) - set(intersphinx_mapping)) or 'nothing'} disabled")
