@@ -42,7 +42,8 @@ from densitylearn.structure import from_ase
 WORK = os.environ.get("DENSITYLEARN_EXAMPLES_DIR", os.path.join(tempfile.gettempdir(), "densitylearn-examples"))
 MODEL = os.path.join(WORK, "run_dcd", "best.pt")
 if not os.path.exists(MODEL):  # train it as in example 3
-    runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), "plot_03_train_model.py"))
+    here = os.path.dirname(os.path.abspath(__file__)) if "__file__" in globals() else os.getcwd()
+    runpy.run_path(os.path.join(here, "plot_03_train_model.py"))
 model = densitylearn.load_model(MODEL, device="cpu")
 jfit = AuxBasis.load("def2-universal-jfit", [1, 6, 7, 8])
 
