@@ -136,7 +136,7 @@ sphinx_gallery_conf = {
     # only the short plot_* scripts run at build time; the benchmarks are shown, not run
     "filename_pattern": r"[\\/]plot_",
     "ignore_pattern": r"__init__\.py|[\\/]_",
-    "within_subsection_order": "FileNameSortKey",
+    "within_subsection_order": "gallery_order.ExamplesFirst",
     "plot_gallery": "True" if PLOT_GALLERY else "False",
     "abort_on_example_error": False,
     "only_warn_on_example_error": False,
