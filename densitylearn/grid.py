@@ -16,6 +16,9 @@ evaluates it at arbitrary points (bohr):
   (:func:`~densitylearn.basis.solid_harmonics_pyscf`, the one owner of the harmonic
   convention) -> contract with the coefficients -> ``index_add`` into the points.
   Differentiable with respect to the coefficients (and the positions).
+* On CUDA, when Triton is importable and no gradient is asked for, both use fused kernels
+  (:mod:`densitylearn._triton_grid`) that keep each block of points in registers and
+  never store atom-point pairs; ``DENSITYLEARN_NO_TRITON=1`` forces the torch path.
 * :func:`becke_grid` (PySCF's atom-centred integration grid) and :func:`uniform_box`
   (cube-file grid).
 
@@ -438,6 +441,18 @@ def _screened_density(basis, plan, z, pos, coef, off, pts, atom_struct, point_st
     return rho_sorted.index_select(0, inv)
 
 
+def _density(basis, plan, z, pos, coef, off, pts, atom_struct, point_struct, chunk_size, budget):
+    """Fused Triton kernels on CUDA when no gradient is needed, else the torch path."""
+    torch = _torch()
+    from . import _triton_grid
+
+    needs_grad = torch.is_grad_enabled() and (coef.requires_grad or pos.requires_grad)
+    if not needs_grad and _triton_grid.available(pts.device):
+        return _triton_grid.screened_density(basis, plan, z, pos, coef, off, pts, atom_struct, point_struct)
+    return _screened_density(basis, plan, z, pos, coef, off, pts, atom_struct, point_struct,
+                             chunk_size, budget)
+
+
 def _rowsum(x):
     """x.sum(-1) for a small last dimension.
 
@@ -504,7 +519,9 @@ def evaluate_density(basis: AuxBasis, numbers, positions, coefficients, points, 
         result's dtype, bohr): the coefficients then describe the difference density
         rho - rho_SAED.
     chunk_size : int, optional
-        Points per chunk (memory bound); default 2048 on CPU, 65536 on CUDA.
+        Points per chunk of the torch path (memory bound); default
+        :data:`DEFAULT_CHUNK_CPU` on CPU, :data:`DEFAULT_CHUNK_CUDA` on CUDA. The fused
+        Triton path (CUDA, no gradient) works in blocks of its own and ignores it.
     threshold : float
         Screening threshold on ``|chi_P|`` (see the module docstring).
 
@@ -524,16 +541,29 @@ def evaluate_density(basis: AuxBasis, numbers, positions, coefficients, points, 
     chunk_size, budget = _defaults(device, chunk_size)
     plan = _plan(basis, threshold)
     empty = torch.zeros(0, dtype=torch.long, device=device)
-    rho = _screened_density(basis, plan, z, pos, coef, basis.layout(z), pts,
-                            empty, torch.zeros(pts.shape[0], dtype=torch.long, device=device),
-                            chunk_size, budget)
+    rho = _density(basis, plan, z, pos, coef, basis.layout(z), pts,
+                   empty, torch.zeros(pts.shape[0], dtype=torch.long, device=device), chunk_size, budget)
     if saed is not None:
         rho = rho + _saed_values(saed, z, pos, pts)
     return rho
 
 
-def _saed_values(saed, z, pos, pts):
+def _fused_saed(saed, z, pts) -> bool:
+    from . import _triton_grid
+
+    return _triton_grid.available(pts.device) and _triton_grid.saed_supported(saed, z)
+
+
+def _saed_values(saed, z, pos, pts, atom_struct=None, point_struct=None):
+    """The SAED prior at ``pts`` (fused kernel on CUDA; structure ids for batches)."""
     torch = _torch()
+    from . import _triton_grid
+
+    if _fused_saed(saed, z, pts):
+        if atom_struct is None:
+            atom_struct = torch.zeros(len(z), dtype=torch.long, device=pts.device)
+            point_struct = torch.zeros(pts.shape[0], dtype=torch.long, device=pts.device)
+        return _triton_grid.saed_density(saed, z, pos.detach(), pts.detach(), atom_struct, point_struct)
     zt = torch.as_tensor(z, device=pts.device)
     v = saed.evaluate_torch(zt, pos, pts)
     return torch.as_tensor(v).to(dtype=pts.dtype, device=pts.device).reshape(-1)
@@ -595,9 +625,10 @@ def evaluate_density_batch(basis: AuxBasis, batch: dict, saed=None, chunk_size=N
     n_s = len(n_atoms)
     atom_struct = torch.as_tensor(np.repeat(np.arange(n_s), n_atoms), device=device)
     point_struct = torch.as_tensor(np.repeat(np.arange(n_s), n_points), device=device)
-    rho = _screened_density(basis, plan, z, pos, coef, off, pts, atom_struct, point_struct,
-                            chunk_size, budget)
-    if saed is not None:
+    rho = _density(basis, plan, z, pos, coef, off, pts, atom_struct, point_struct, chunk_size, budget)
+    if saed is not None and _fused_saed(saed, z, pts):
+        rho = rho + _saed_values(saed, z, pos, pts, atom_struct, point_struct)
+    elif saed is not None:
         a_off = np.concatenate([[0], np.cumsum(n_atoms)])
         p_off = np.concatenate([[0], np.cumsum(n_points)])
         prior = [_saed_values(saed, z[a_off[i]:a_off[i + 1]], pos[a_off[i]:a_off[i + 1]],

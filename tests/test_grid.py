@@ -254,3 +254,110 @@ def test_cuda_matches_cpu(bases, dtype):
     assert (c_gpu.grad.double().cpu() - ao.sum(0)).abs().max() < tol * ao.sum(0).abs().max()
     ao_gpu = grid.evaluate_basis(basis, z, pos, torch.tensor(pts, dtype=dtype, device="cuda"))
     assert (ao_gpu.double().cpu() - ao).abs().max() < tol * ao.abs().max()
+
+
+def _fused_vs_torch(basis, dtype, device):
+    """Fused-kernel densities of a two-structure batch against the torch path."""
+    from densitylearn import _triton_grid
+
+    (z1, p1), (z2, p2) = ETHANOL, WATER
+    p2 = p2 + 0.4  # overlapping in space: structures must not see each other's atoms
+    z = np.concatenate([z1, z2])
+    pos = torch.tensor(np.concatenate([p1, p2]), dtype=dtype, device=device)
+    pts = torch.tensor(np.concatenate([test_points(p1, n=150), test_points(p2, n=150, seed=1)]),
+                       dtype=dtype, device=device)
+    n_pts = [len(test_points(p1, n=150)), len(test_points(p2, n=150, seed=1))]
+    c = torch.tensor(np.random.default_rng(7).normal(size=int(basis.layout(z)[-1])), dtype=dtype, device=device)
+    a_s = torch.as_tensor(np.repeat([0, 1], [len(z1), len(z2)]), device=device)
+    p_s = torch.as_tensor(np.repeat([0, 1], n_pts), device=device)
+    plan = grid._plan(basis, grid.DEFAULT_THRESHOLD)
+    ref = grid._screened_density(basis, plan, z, pos, c, basis.layout(z), pts, a_s, p_s, 4096, 1 << 20)
+    got = _triton_grid.screened_density(basis, plan, z, pos, c, basis.layout(z), pts, a_s, p_s)
+    return got, ref
+
+
+def test_fused_kernel_in_triton_interpreter(saed_cache):
+    """The Triton kernels, run by Triton's CPU interpreter, equal the torch path (l <= 6).
+
+    Runs in a subprocess: the interpreter must be chosen before triton is first imported.
+    """
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("triton not installed")
+    code = """
+import sys, torch
+sys.path.insert(0, %r)
+import test_grid as T
+from densitylearn.saed import load_saed
+saed = load_saed([1, 6, 8])
+for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 2e-6)):
+    got, ref = T._fused_vs_torch(T.high_l_basis(), dtype, "cpu")
+    assert torch.isfinite(got).all()
+    assert (got - ref).abs().max() < tol * ref.abs().max(), ("density", dtype)
+    got, ref = T._fused_saed_vs_torch(saed, dtype, "cpu")
+    assert (got - ref).abs().max() < tol * ref.abs().max(), ("saed", dtype)
+print("fused kernels ok")
+""" % os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, TRITON_INTERPRET="1", DENSITYLEARN_CACHE=saed_cache, OMP_NUM_THREADS="1")
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0 and "fused kernels ok" in res.stdout, res.stderr[-2000:]
+
+
+def test_solid_harmonics_are_exact_monomial_sums():
+    """M_l reproduces PySCF-order solid harmonics as polynomials (the fused kernels' basis)."""
+    from densitylearn import _triton_grid
+    from densitylearn.basis import solid_harmonics_pyscf
+
+    r = np.random.default_rng(3).normal(size=(50, 3)) * 2.0
+    for l in range(7):
+        ex = np.array(_triton_grid.monomial_exponents(l))
+        assert len(ex) == (l + 1) * (l + 2) // 2 and (ex.sum(1) == l).all()
+        mono = np.prod(r[:, None, :] ** ex[None], axis=2)
+        want = solid_harmonics_pyscf(l, torch.tensor(r)).numpy()
+        got = mono @ _triton_grid.monomial_matrix(l).T
+        assert np.abs(got - want).max() < 1e-12 * np.abs(want).max()
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_cuda_fused_kernel_matches_torch_path(bases, saed_cache, dtype):
+    pytest.importorskip("triton")
+    from densitylearn.saed import load_saed
+
+    got, ref = _fused_saed_vs_torch(load_saed([1, 6, 8], cache_dir=saed_cache), dtype, "cuda")
+    assert (got - ref).abs().max() < (1e-12 if dtype == torch.float64 else 2e-6) * ref.abs().max()
+    for name in ("high-l", "def2-universal-jfit"):
+        got, ref = _fused_vs_torch(bases[name], dtype, "cuda")
+        tol = 1e-12 if dtype == torch.float64 else 2e-6
+        assert (got - ref).abs().max() < tol * ref.abs().max(), name
+    # the public entry point takes the fused path without gradients and the torch path with
+    z, pos = ETHANOL
+    basis = bases["etb:2.0"]
+    c = torch.tensor(np.random.default_rng(8).normal(size=int(basis.layout(z)[-1])), dtype=dtype, device="cuda")
+    pts = torch.tensor(test_points(pos), dtype=dtype, device="cuda")
+    with torch.no_grad():
+        fused = grid.evaluate_density(basis, z, pos, c, pts)
+    plain = grid.evaluate_density(basis, z, pos, c.clone().requires_grad_(True), pts).detach()
+    tol = 1e-12 if dtype == torch.float64 else 2e-6
+    assert (fused - plain).abs().max() < tol * plain.abs().max()
+
+
+def _fused_saed_vs_torch(saed, dtype, device):
+    from densitylearn import _triton_grid
+
+    (z1, p1), (z2, p2) = ETHANOL, WATER
+    p2 = p2 + 0.4
+    z = np.concatenate([z1, z2])
+    pos = torch.tensor(np.concatenate([p1, p2]), dtype=dtype, device=device)
+    q1, q2 = test_points(p1, n=150), test_points(p2, n=150, seed=1)
+    pts = torch.tensor(np.concatenate([q1, q2]), dtype=dtype, device=device)
+    a_s = torch.as_tensor(np.repeat([0, 1], [len(z1), len(z2)]), device=device)
+    p_s = torch.as_tensor(np.repeat([0, 1], [len(q1), len(q2)]), device=device)
+    got = _triton_grid.saed_density(saed, z, pos, pts, a_s, p_s)
+    ref = torch.cat([saed.evaluate_torch(z1, p1, torch.tensor(q1, dtype=dtype, device=device)),
+                     saed.evaluate_torch(z2, p2, torch.tensor(q2, dtype=dtype, device=device))])
+    return got, ref
