@@ -175,7 +175,25 @@ class EMA:
         return {k: v.clone() for k, v in self.shadow.items()}
 
     def load_state_dict(self, d: dict) -> None:
-        self.shadow = {k: v.clone() for k, v in d.items()}
+        # copy into the shadow tensors: they live on the model's device and dtype, while a
+        # checkpoint is loaded onto the CPU
+        missing = set(self.shadow) ^ set(d)
+        if missing:
+            raise ValueError(f"EMA state does not match the model: {sorted(missing)[:3]}")
+        for k, v in d.items():
+            self.shadow[k].copy_(v)
+
+
+def _no_buffer_sync() -> dict:
+    """DistributedDataParallel keyword that turns off buffer broadcasts in every forward.
+
+    Buffers (target normalisation) are identical on all ranks. torch >= 2.13 spells this
+    ``forward_sync_buffers=False``; older versions ``broadcast_buffers=False``.
+    """
+    import inspect
+
+    params = inspect.signature(torch.nn.parallel.DistributedDataParallel.__init__).parameters
+    return {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
 
 
 def _lr_lambda(warmup: int, total: int):
@@ -362,7 +380,7 @@ def train(data_path: str, out_dir: str, config: TrainConfig = TrainConfig(), pro
     model = model.to(device=device, dtype=dtype)
     # readouts of elements absent from a batch get no gradient: find_unused_parameters
     ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True,
-                                                    forward_sync_buffers=False) if distributed else None
+                                                    **_no_buffer_sync()) if distributed else None
     net = ddp if ddp is not None else model
 
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)

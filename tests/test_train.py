@@ -62,9 +62,12 @@ def test_killed_run_resumes_as_if_never_stopped(fit_dataset, tmp_path):
     a = load_checkpoint(str(tmp_path / "straight" / "last.pt"))
     b = load_checkpoint(str(tmp_path / "killed" / "last.pt"))
     assert a["epoch"] == b["epoch"] == 3
+    # bit-identical on CPU; CUDA's atomic scatter-adds sum in a varying order, so there the
+    # resumed run agrees to float32 rounding (measured: 3e-8 after 3 epochs on an H200)
+    tol = 1e-5 if torch.cuda.is_available() else 0.0
     for k in a["state_dict"]:
-        torch.testing.assert_close(a["state_dict"][k], b["state_dict"][k], rtol=0, atol=0)
-        torch.testing.assert_close(a["ema_state_dict"][k], b["ema_state_dict"][k], rtol=0, atol=0)
+        torch.testing.assert_close(a["state_dict"][k], b["state_dict"][k], rtol=tol, atol=tol)
+        torch.testing.assert_close(a["ema_state_dict"][k], b["ema_state_dict"][k], rtol=tol, atol=tol)
 
 
 def test_total_target_and_bad_inputs(fit_dataset, tmp_path, capsys):
