@@ -25,6 +25,7 @@ Run::
 
 # %%
 import argparse
+import os
 import resource
 import time
 
@@ -109,9 +110,15 @@ def main():
                     help="time PySCF on a point subset beyond this many dense values")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--chunk-size", type=int, default=None)
+    ap.add_argument("--skip-pyscf", action="store_true", help="time only densitylearn (chunk-size sweeps)")
+    ap.add_argument("--no-triton", action="store_true", help="CUDA: the torch path instead of the fused kernels")
     args = ap.parse_args()
 
     from pyscf import gto, lib
+
+    if args.no_triton:
+        os.environ["DENSITYLEARN_NO_TRITON"] = "1"
+    from densitylearn import _triton_grid
 
     torch.set_num_threads(args.threads)
     lib.num_threads(args.threads)
@@ -135,7 +142,8 @@ def main():
         systems.append((f"{n} H2O box", *water_box(n), args.points_per_atom))
 
     print(f"basis {basis.name}; device {device} ({torch.cuda.get_device_name() if cuda else 'CPU'}), "
-          f"{args.dtype}; threads {args.threads}")
+          f"{args.dtype}; threads {args.threads}; "
+          f"{'fused Triton kernels' if _triton_grid.available(device) else 'torch path'}")
     hdr = (f"{'system':>16} {'atoms':>6} {'points':>9} {'nfunc':>7} | {'ours s':>8} {'ours val/s':>11} "
            f"{'ours pt/s':>10} {'need val/s':>10} {'peak MB':>8} | {'pyscf s':>9} {'pyscf val/s':>11} {'pyscf pt/s':>10} "
            f"| {'speedup':>7} {'max|diff|':>9}")
@@ -163,8 +171,11 @@ def main():
         if len(pts) * nf > args.pyscf_max_values:
             sub = max(1000, int(args.pyscf_max_values // nf))
         idx = rng.choice(len(pts), size=sub, replace=False) if sub < len(pts) else np.arange(len(pts))
-        t_py = timeit(lambda: pyscf_density(aux, c, pts[idx]), 1) * len(pts) / sub
-        diff = np.abs(pyscf_density(aux, c, pts[idx]) - rho[idx]).max()
+        if args.skip_pyscf:
+            t_py = diff = float("nan")
+        else:
+            t_py = timeit(lambda: pyscf_density(aux, c, pts[idx]), 1) * len(pts) / sub
+            diff = np.abs(pyscf_density(aux, c, pts[idx]) - rho[idx]).max()
         dense = len(pts) * nf
         need = needed_values(basis, z, pos, pts)
         mark = "*" if sub < len(pts) else " "

@@ -4,7 +4,7 @@
 Usage::
 
     python examples/benchmark_training.py DATA.h5 [--device cpu|cuda] [--batch-size 16]
-        [--steps 10] [--target difference] [--loss coulomb] [--threads N]
+        [--steps 10] [--target difference] [--loss coulomb] [--threads N] [--amp]
 
 Times full optimisation steps (collate, forward, metric-weighted density loss, backward,
 AdamW step) on structures of the given fit-basis dataset with the default model
@@ -35,6 +35,7 @@ def main():
     p.add_argument("--loss", default="coulomb", choices=("coulomb", "overlap", "mse"))
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    p.add_argument("--amp", action="store_true", help="bfloat16 autocast of the network (CUDA), as TrainConfig.amp")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -56,7 +57,9 @@ def main():
     def step(idx):
         records = [recs[int(i)] for i in idx]
         batch = G.to_device(gds.collate(records), device, dtype)
-        out = model(batch)
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=args.amp and device.type == "cuda"):
+            out = model(batch)
+        out = {**out, G.COEFFICIENTS: out[G.COEFFICIENTS].to(dtype)}
         loss = density_loss(out[G.COEFFICIENTS], batch[G.TARGET_COEFFICIENTS], batch[G.COEF_OFFSETS].tolist(),
                             [mats[int(i)] for i in idx] if mats else None, batch[G.N_ELECTRONS])
         opt.zero_grad(set_to_none=True)
@@ -77,10 +80,11 @@ def main():
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0
     atoms = np.mean([len(r["numbers"]) for r in recs.values()])
-    print("| device | dtype | params | batch | atoms/structure | structures/s | epoch of 100k (h) | peak GPU MB |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| device | dtype | amp | params | batch | atoms/structure | structures/s | epoch of 100k (h) | peak GPU MB |")
+    print("|---|---|---|---|---|---|---|---|---|")
     mem = f"{torch.cuda.max_memory_allocated() / 2**20:.0f}" if device.type == "cuda" else "-"
-    print(f"| {device} ({torch.get_num_threads()} threads) | {args.dtype} | {count_parameters(model)} | "
+    print(f"| {device} ({torch.get_num_threads()} threads) | {args.dtype} | {'bf16' if args.amp else '-'} | "
+          f"{count_parameters(model)} | "
           f"{args.batch_size} | {atoms:.1f} | {n / dt:.2f} | {1e5 / (n / dt) / 3600:.2f} | {mem} |")
 
 
