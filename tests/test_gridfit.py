@@ -156,7 +156,7 @@ def test_fit_grid_command_writes_a_dataset(tmp_path, small_basis, saed_cache):
 
     basis_file = tmp_path / "si.nw"
     basis_file.write_text(small_basis.to_nwchem())
-    saed = load_saed([14], xc="pbe", basis="sto-3g", cache_dir=saed_cache)
+    saed = load_saed([14], xc="pbe", basis="sto-3g")  # the cache the command uses ($DENSITYLEARN_CACHE)
     c = _coefficients(small_basis, [14, 14], 3) * 0.1
     _si_chgcar(tmp_path / "CHGCAR", small_basis, c, n=16, saed=saed)
     out, rep = tmp_path / "si.h5", tmp_path / "si.json"
