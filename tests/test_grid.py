@@ -288,6 +288,8 @@ def test_fused_kernel_in_triton_interpreter(saed_cache):
 
     if importlib.util.find_spec("triton") is None:
         pytest.skip("triton not installed")
+    if CUDA:  # the CUDA tests below run the compiled kernels themselves
+        pytest.skip("CUDA machine: the compiled kernels are tested directly")
     code = """
 import sys, torch
 sys.path.insert(0, %r)
