@@ -126,3 +126,20 @@ def test_merge_shards(tmp_path, basis):
     write_dataset(str(other), attrs, _records(basis, 2, prefix="o"))
     with pytest.raises(MismatchError, match="metric"):
         merge_datasets([str(a), str(other)], str(tmp_path / "bad.h5"))
+
+
+def test_atomic_writes_have_the_usual_permissions(tmp_path):
+    """Files written through atomic_path get 0666 & ~umask, not mkstemp's private 0600."""
+    import os
+
+    from densitylearn.io_utils import atomic_path
+
+    mask = os.umask(0o022)
+    try:
+        with atomic_path(str(tmp_path / "out.txt")) as tmp:
+            with open(tmp, "w") as fh:
+                fh.write("x")
+    finally:
+        os.umask(mask)
+    assert (os.stat(tmp_path / "out.txt").st_mode & 0o777) == 0o644
+    assert os.listdir(tmp_path) == ["out.txt"]
