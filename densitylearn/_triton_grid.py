@@ -32,6 +32,17 @@ import os
 import numpy as np
 
 BLOCK = 128
+
+# Shared start of every kernel: this program's block of sorted points, in registers.
+_PROLOGUE = """    pid = tl.program_id(0)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n_pts
+    px = tl.load(pts_ptr + offs * 3 + 0, mask=mask, other=0.0)
+    py = tl.load(pts_ptr + offs * 3 + 1, mask=mask, other=0.0)
+    pz = tl.load(pts_ptr + offs * 3 + 2, mask=mask, other=0.0)
+    ps = tl.load(pstruct_ptr + offs, mask=mask, other=-1)
+    acc = tl.zeros([BLOCK], dtype=px.dtype)
+"""
 _GEN_VERSION = 1
 _MODULES: dict = {}
 _MONO_CACHE: dict = {}
@@ -100,15 +111,7 @@ def density_kernel(pts_ptr, pstruct_ptr, out_ptr, n_pts,
                    el_start_ptr, el_count_ptr,
                    sh_exp_ptr, sh_coef_ptr, sh_rc2_ptr, d_ptr,
                    BLOCK: tl.constexpr):
-    pid = tl.program_id(0)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n_pts
-    px = tl.load(pts_ptr + offs * 3 + 0, mask=mask, other=0.0)
-    py = tl.load(pts_ptr + offs * 3 + 1, mask=mask, other=0.0)
-    pz = tl.load(pts_ptr + offs * 3 + 2, mask=mask, other=0.0)
-    ps = tl.load(pstruct_ptr + offs, mask=mask, other=-1)
-    acc = tl.zeros([BLOCK], dtype=px.dtype)
-    one = tl.full([BLOCK], 1.0, px.dtype)
+{_PROLOGUE}    one = tl.full([BLOCK], 1.0, px.dtype)
     j0 = tl.load(blk_ptr + pid)
     j1 = tl.load(blk_ptr + pid + 1)
     for j in range(j0, j1):
@@ -200,6 +203,25 @@ def _tables(basis, plan, dtype, device):
     return t
 
 
+def _sort_points(pts, point_struct):
+    """Points sorted by (structure, Morton key): (perm, sorted points, their int32 structure ids)."""
+    import torch
+
+    from .grid import _morton_key
+
+    key = _morton_key(pts) + point_struct.to(torch.int64) * (1 << 30)
+    perm = torch.argsort(key)
+    return perm, pts[perm].contiguous(), point_struct[perm].to(torch.int32).contiguous()
+
+
+def _unsort(values, perm):
+    import torch
+
+    inv = torch.empty_like(perm)
+    inv[perm] = torch.arange(perm.numel(), device=perm.device)
+    return values.index_select(0, inv)
+
+
 def _block_atoms(ps, ps_struct, pos, atom_struct, rmax, block):
     """CSR (block -> atoms whose largest radius reaches the block's bounding box)."""
     import torch
@@ -236,17 +258,12 @@ def screened_density(basis, plan, z, pos, coef, off, pts, atom_struct, point_str
     """Same contract as ``grid._screened_density`` (no gradient), fused kernels."""
     import torch
 
-    from .grid import _morton_key
-
     device, dtype = pts.device, pts.dtype
     n_pts = pts.shape[0]
     if n_pts == 0:
         return coef.new_zeros(0)
     tab = _tables(basis, plan, dtype, device)
-    key = _morton_key(pts) + point_struct.to(torch.int64) * (1 << 30)
-    perm = torch.argsort(key)
-    ps = pts[perm].contiguous()
-    ps_struct = point_struct[perm].to(torch.int32).contiguous()
+    perm, ps, ps_struct = _sort_points(pts, point_struct)
     z = np.asarray(z)
     if atom_struct.numel() == 0:
         atom_struct = torch.zeros(len(z), dtype=torch.int64, device=device)
@@ -271,9 +288,7 @@ def screened_density(basis, plan, z, pos, coef, off, pts, atom_struct, point_str
                     pos_c, a_struct, ael, torch.as_tensor(abase.astype(np.int32), device=device),
                     t["start"], t["count"], t["exp"], t["coef"], t["rc2"], d,
                     BLOCK=BLOCK, num_warps=4)
-    inv = torch.empty_like(perm)
-    inv[perm] = torch.arange(n_pts, device=device)
-    return out.index_select(0, inv)
+    return _unsort(out, perm)
 
 
 
@@ -290,15 +305,7 @@ def saed_kernel(pts_ptr, pstruct_ptr, out_ptr, n_pts,
                 el_start_ptr, el_count_ptr, el_rc2_ptr,
                 t_half_ptr, t_exp_ptr, t_w_ptr,
                 BLOCK: tl.constexpr):
-    pid = tl.program_id(0)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n_pts
-    px = tl.load(pts_ptr + offs * 3 + 0, mask=mask, other=0.0)
-    py = tl.load(pts_ptr + offs * 3 + 1, mask=mask, other=0.0)
-    pz = tl.load(pts_ptr + offs * 3 + 2, mask=mask, other=0.0)
-    ps = tl.load(pstruct_ptr + offs, mask=mask, other=-1)
-    acc = tl.zeros([BLOCK], dtype=px.dtype)
-    j0 = tl.load(blk_ptr + pid)
+{_PROLOGUE}    j0 = tl.load(blk_ptr + pid)
     j1 = tl.load(blk_ptr + pid + 1)
     for j in range(j0, j1):
         a = tl.load(blk_atoms_ptr + j)
@@ -357,8 +364,6 @@ def saed_density(saed, z, pos, pts, atom_struct, point_struct):
     """SAED at ``pts`` (no gradient), same values as ``saed.evaluate_torch`` per structure."""
     import torch
 
-    from .grid import _morton_key
-
     device, dtype = pts.device, pts.dtype
     n_pts = pts.shape[0]
     z = np.asarray(z)
@@ -375,10 +380,7 @@ def saed_density(saed, z, pos, pts, atom_struct, point_struct):
         ws.append(w)
         rc2.append(saed.cutoff(e) ** 2)
     el_index = {e: i for i, e in enumerate(elements)}
-    key = _morton_key(pts) + point_struct.to(torch.int64) * (1 << 30)
-    perm = torch.argsort(key)
-    ps = pts[perm].contiguous()
-    ps_struct = point_struct[perm].to(torch.int32).contiguous()
+    perm, ps, ps_struct = _sort_points(pts, point_struct)
     if atom_struct.numel() == 0:
         atom_struct = torch.zeros(len(z), dtype=torch.int64, device=device)
     a_struct = atom_struct.to(torch.int32).contiguous()
@@ -393,6 +395,4 @@ def saed_density(saed, z, pos, pts, atom_struct, point_struct):
                 as_t(start, torch.int32), as_t(count, torch.int32), as_t(rc2, dtype),
                 as_t(np.concatenate(halves), torch.int32), as_t(np.concatenate(exps), dtype),
                 as_t(np.concatenate(ws), dtype), BLOCK=BLOCK, num_warps=4)
-    inv = torch.empty_like(perm)
-    inv[perm] = torch.arange(n_pts, device=device)
-    return out.index_select(0, inv)
+    return _unsort(out, perm)
