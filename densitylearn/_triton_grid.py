@@ -152,7 +152,7 @@ class _Tables:
     def __init__(self, basis, plan, dtype, device):
         import torch
 
-        from .grid import shell_cutoff_radius
+        from .grid import shell_radii
 
         self.elements = list(basis.elements)
         self.per_l = {}
@@ -165,9 +165,8 @@ class _Tables:
                 shells = basis.shells(z)
                 offs = np.concatenate([[0], np.cumsum([s.n_functions for s in shells])])[:-1]
                 start.append(len(exps))
-                sel = [i for i, s in enumerate(shells) if s.l == l]
-                radii = [shell_cutoff_radius(shells[i], plan.threshold) for i in sel]
-                keep = [i for i, r in zip(sel, radii) if r > 0]
+                radii = shell_radii(basis, z, plan.threshold)
+                keep = [i for i, s in enumerate(shells) if s.l == l and radii[i] > 0]
                 count.append(len(keep))
                 cols[z] = np.concatenate([np.arange(offs[i], offs[i] + 2 * l + 1) for i in keep]) \
                     if keep else np.zeros(0, dtype=np.int64)
@@ -176,7 +175,7 @@ class _Tables:
                     pad = n_prim - len(s.exponents)
                     exps.append(np.concatenate([s.exponents, np.zeros(pad)]))
                     coefs.append(np.concatenate([s.coefficients, np.zeros(pad)]))
-                    rc2.append(shell_cutoff_radius(s, plan.threshold) ** 2)
+                    rc2.append(radii[i] ** 2)
             if not exps:
                 continue
             self.per_l[l] = {

@@ -548,25 +548,29 @@ def evaluate_density(basis: AuxBasis, numbers, positions, coefficients, points, 
     return rho
 
 
-def _fused_saed(saed, z, pts) -> bool:
-    from . import _triton_grid
+def _saed_values(saed, z, pos, pts, n_atoms=None, n_points=None):
+    """The SAED prior at ``pts``; ``n_atoms``/``n_points`` split a batch into structures.
 
-    return _triton_grid.available(pts.device) and _triton_grid.saed_supported(saed, z)
-
-
-def _saed_values(saed, z, pos, pts, atom_struct=None, point_struct=None):
-    """The SAED prior at ``pts`` (fused kernel on CUDA; structure ids for batches)."""
+    One fused kernel for the whole batch on CUDA (Triton), else ``saed.evaluate_torch``
+    structure by structure.
+    """
     torch = _torch()
     from . import _triton_grid
 
-    if _fused_saed(saed, z, pts):
-        if atom_struct is None:
-            atom_struct = torch.zeros(len(z), dtype=torch.long, device=pts.device)
-            point_struct = torch.zeros(pts.shape[0], dtype=torch.long, device=pts.device)
+    if n_atoms is None:
+        n_atoms, n_points = np.array([len(z)]), np.array([pts.shape[0]])
+    if _triton_grid.available(pts.device) and _triton_grid.saed_supported(saed, z):
+        atom_struct = torch.as_tensor(np.repeat(np.arange(len(n_atoms)), n_atoms), device=pts.device)
+        point_struct = torch.as_tensor(np.repeat(np.arange(len(n_atoms)), n_points), device=pts.device)
         return _triton_grid.saed_density(saed, z, pos.detach(), pts.detach(), atom_struct, point_struct)
-    zt = torch.as_tensor(z, device=pts.device)
-    v = saed.evaluate_torch(zt, pos, pts)
-    return torch.as_tensor(v).to(dtype=pts.dtype, device=pts.device).reshape(-1)
+    a_off = np.concatenate([[0], np.cumsum(n_atoms)])
+    p_off = np.concatenate([[0], np.cumsum(n_points)])
+    prior = []
+    for i in range(len(n_atoms)):
+        zt = torch.as_tensor(z[a_off[i]:a_off[i + 1]], device=pts.device)
+        v = saed.evaluate_torch(zt, pos[a_off[i]:a_off[i + 1]], pts[p_off[i]:p_off[i + 1]])
+        prior.append(torch.as_tensor(v).to(dtype=pts.dtype, device=pts.device).reshape(-1))
+    return torch.cat(prior)
 
 
 def evaluate_density_batch(basis: AuxBasis, batch: dict, saed=None, chunk_size=None,
@@ -626,14 +630,8 @@ def evaluate_density_batch(basis: AuxBasis, batch: dict, saed=None, chunk_size=N
     atom_struct = torch.as_tensor(np.repeat(np.arange(n_s), n_atoms), device=device)
     point_struct = torch.as_tensor(np.repeat(np.arange(n_s), n_points), device=device)
     rho = _density(basis, plan, z, pos, coef, off, pts, atom_struct, point_struct, chunk_size, budget)
-    if saed is not None and _fused_saed(saed, z, pts):
-        rho = rho + _saed_values(saed, z, pos, pts, atom_struct, point_struct)
-    elif saed is not None:
-        a_off = np.concatenate([[0], np.cumsum(n_atoms)])
-        p_off = np.concatenate([[0], np.cumsum(n_points)])
-        prior = [_saed_values(saed, z[a_off[i]:a_off[i + 1]], pos[a_off[i]:a_off[i + 1]],
-                              pts[p_off[i]:p_off[i + 1]]) for i in range(n_s)]
-        rho = rho + torch.cat(prior)
+    if saed is not None:
+        rho = rho + _saed_values(saed, z, pos, pts, n_atoms, n_points)
     return rho
 
 
