@@ -20,6 +20,7 @@ COMMANDS = {
     "merge": "merge",
     "evaluate": "evaluate",
     "train": "train",
+    "export": "export",
     "predict": "predict",
     "nscf": "nscf",
     "scf": "scf",

@@ -352,7 +352,8 @@ def load_model(path_or_name, device=None) -> Predictor:
     desc = {k: v for k, v in ck["model"].items() if k != "basis"}
     desc.update(basis_name=model.basis.name, basis_hash=model.basis.hash,
                 training_dataset={k: v for k, v in ds.items() if isinstance(v, (str, int, float, bool, list))},
-                epoch=int(ck.get("epoch", -1)), best_val_eps_mae=_float(ck.get("best_val")))
+                epoch=int(ck.get("epoch", -1)), best_val_eps_mae=_float(ck.get("best_val")),
+                card=json.loads(ck["card"]) if ck.get("card") else {})
     return Predictor(model=model, target=model.target, saed=saed, xc=str(ds.get("xc", "")),
                      orbital_basis=str(ds.get("orbital_basis", "")), checkpoint=path, description=desc,
                      charges=charges, spins=spins, device=device)

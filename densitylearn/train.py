@@ -258,6 +258,57 @@ def model_from_checkpoint(path_or_ck, use_ema: bool = True):
     return model
 
 
+def export_model(checkpoint: str, out: str, card: dict | None = None, dtype: str | None = None) -> dict:
+    """Write a slim, shareable model file from a training checkpoint.
+
+    Keeps what prediction needs: the architecture description (basis included), the EMA
+    weights (as ``state_dict``), the SAED definition, the reference settings and the
+    charges/spins seen in training. Drops the optimiser, scheduler, RNG state, the raw
+    weights and the split indices, and replaces the dataset's absolute path by its file
+    name. The result loads with :func:`densitylearn.load_model` and with torch's safe
+    loader; it is written atomically.
+
+    Parameters
+    ----------
+    checkpoint : str
+        A checkpoint written by :func:`train` (``best.pt`` or ``last.pt``).
+    out : str
+        The model file to write (``.pt``).
+    card : dict, optional
+        A model card (plain JSON types: training data, held-out metrics, citation); stored
+        as JSON and shown by ``load_model(...).description['card']``.
+    dtype : {'float32', 'float64'}, optional
+        Cast the weights (default: keep them).
+
+    Returns
+    -------
+    dict
+        ``path``, ``bytes``, ``parameters``.
+    """
+    ck = load_checkpoint(checkpoint)
+    state = ck.get("ema_state_dict") or ck["state_dict"]
+    if dtype is not None:
+        dt = _torch_dtype(dtype)
+        state = {k: v.to(dt) if v.is_floating_point() else v for k, v in state.items()}
+    dataset = dict(ck.get("dataset") or {})
+    if dataset.get("path"):
+        dataset["path"] = os.path.basename(str(dataset["path"]))
+    if card is not None:
+        try:
+            card_text = json.dumps(card)
+        except TypeError as exc:
+            raise InputError(f"model card: not JSON-serialisable ({exc})") from None
+    payload = {"format": CHECKPOINT_FORMAT, "version": ck.get("version", CHECKPOINT_VERSION),
+               "model": ck["model"], "state_dict": {k: v.detach().cpu().contiguous() for k, v in state.items()},
+               "train_config": ck.get("train_config", {}), "epoch": ck.get("epoch", -1),
+               "step": ck.get("step", -1), "best_val": ck.get("best_val"), "saed": ck.get("saed", ""),
+               "dataset": dataset, "versions": ck.get("versions", ""), "exported": True,
+               "card": card_text if card is not None else ""}
+    save_checkpoint(out, payload)
+    return {"path": out, "bytes": os.path.getsize(out),
+            "parameters": int(sum(v.numel() for v in payload["state_dict"].values() if v.is_floating_point()))}
+
+
 # ----------------------------------------------------------------------------- validation
 class GridValidator:
     """eps_mae of predictions on a fixed set of validation structures.

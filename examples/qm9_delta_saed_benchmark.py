@@ -41,7 +41,8 @@ def sample(spec: str, seed: int) -> list[int]:
     rng_part, n = spec.split(":")
     pool = np.array(parse_index_range(rng_part))
     rng = np.random.default_rng(seed)
-    return sorted(rng.choice(pool, size=min(int(n) * 2, len(pool)), replace=False).tolist()), int(n)
+    # Random order, not sorted: ``existing`` keeps the first n, which must be a uniform sample.
+    return rng.choice(pool, size=min(int(n) * 2, len(pool)), replace=False).tolist(), int(n)
 
 
 def existing(indices, n):

@@ -220,3 +220,27 @@ def test_cli_bad_inputs_exit_2(models, chks, tmp_path, capsys):
                       'H 0.63 -0.63 -0.63\n')
     assert "nh4: charge +1" in err(models["total"], str(cation))
     assert not (tmp_path / "p.h5").exists()  # nothing written on refusal
+
+
+def test_export_writes_a_slim_model_that_predicts_the_same(models, dcd, chks, tmp_path, capsys):
+    card = tmp_path / "card.json"
+    card.write_text(json.dumps({"training": "3 toy molecules", "heldout_eps_mae": None}))
+    out = tmp_path / "slim.pt"
+    assert cli.main(["export", models["difference"], str(out), "--card", str(card)]) == 0
+    assert "parameters" in capsys.readouterr().out
+    import os
+
+    assert os.path.getsize(out) < 0.6 * os.path.getsize(models["difference"])  # no optimiser, no raw weights
+    slim = load_model(str(out), device="cpu")
+    assert slim.description["card"]["training"] == "3 toy molecules"
+    assert "/" not in slim.description["training_dataset"]["path"]  # no absolute paths of the exporter
+    s = _water(chks)
+    a, b = dcd.predict(s)[0], slim.predict(s)[0]
+    np.testing.assert_array_equal(a.coefficients, b.coefficients)
+    # bad input: one line, exit 2, nothing overwritten
+    card.write_text("[1, 2]")
+    assert cli.main(["export", models["difference"], str(tmp_path / "x.pt"), "--card", str(card)]) == 2
+    assert "card.json: the model card must be a JSON object" in capsys.readouterr().err
+    assert cli.main(["export", models["difference"], str(out)]) == 2
+    assert "exists; pass --overwrite" in capsys.readouterr().err
+    assert not (tmp_path / "x.pt").exists()
