@@ -5,7 +5,14 @@ Usage::
 
     python examples/qm9_delta_saed_benchmark.py --work qm9bench \\
         --train 1-119999:2000 --test 120000-133885:500 --sizes 100,1000,2000 \\
-        [--epochs 200] [--device cuda] [--workers 4] [--auxbasis dl-dcd]
+        [--epochs 200] [--device cuda] [--workers 4] [--auxbasis dl-dcd] \\
+        [--max-train K] [--max-test M] [--export models/]
+
+``--max-train``/``--max-test`` keep the first K/M molecules of the seeded samples (same
+molecules as a longer run with the same ``--train``/``--test``, so a run can grow).
+``--export DIR`` writes the TCD and DCD models of the largest size as slim model files
+(``qm9-tcd.pt``, ``qm9-dcd.pt``) with a model card holding the held-out results; these are
+the files shipped in ``densitylearn/pretrained``.
 
 Steps (every one resumable: rerun the same command after an interruption):
 
@@ -59,6 +66,69 @@ def existing(indices, n):
     return [i for i in indices if i in present][:n]
 
 
+def _train_job(job):
+    """One training run in a worker process with its own thread budget."""
+    import torch
+
+    from densitylearn.train import train
+
+    data, run, cfg, threads = job
+    torch.set_num_threads(threads)
+    train(data, run, cfg, progress=False)
+
+
+def n_train(n: int, size: int, seed: int) -> int:
+    """Molecules a run with ``max_train_structures=size`` trains on (the validation split
+    comes out of the ``n`` sampled molecules first)."""
+    from densitylearn.train import TrainConfig, split_indices
+
+    train_idx, _ = split_indices(n, TrainConfig.val_fraction, seed)
+    return min(size, len(train_idx))
+
+
+def export_largest(args, results, size, n_sample, n_test, reports):
+    """Slim qm9-tcd.pt / qm9-dcd.pt of the largest run, with the held-out results as card."""
+    from densitylearn.evaluate import write_plots
+    from densitylearn.train import export_model
+
+    os.makedirs(args.export, exist_ok=True)
+    from ase.data import chemical_symbols
+
+    from densitylearn.train import load_checkpoint
+
+    run = results["runs"][-1]
+    ck = load_checkpoint(os.path.join(args.work, f"run_difference_{size}_of_{n_sample}", "best.pt"))
+    elements = " ".join(chemical_symbols[z] for z in ck["model"]["elements"])
+    for target, lab in (("total", "TCD"), ("difference", "DCD")):
+        other = "DCD" if lab == "TCD" else "TCD"
+        card = {
+            "name": f"qm9-{lab.lower()}",
+            "target": target,
+            "reference": "PBE/def2-SVP, restricted Kohn-Sham, PySCF level-3 grid (densitylearn compute)",
+            "auxiliary_basis": args.auxbasis,
+            "training_data": (f"{run['n_train']} QM9 molecules (seeded sample {args.train}, seed {args.seed}, "
+                              f"first {n_sample}; validation split from the same sample; no index >= 120000)"),
+            "elements": elements,
+            "heldout": {"molecules": n_test, "sample": f"{args.test} (seed {args.seed + 1}), first {n_test}",
+                        "eps_mae_mean_percent": run[lab]["mean"], "eps_mae_median_percent": run[lab]["median"],
+                        f"{other}_eps_mae_mean_percent": run[other]["mean"],
+                        "dcd_better_fraction": run["dcd_better_fraction"],
+                        "fitting_floor_mean_percent": results["floor"][lab]["mean"]},
+            "summary": (f"{lab} model trained on {run['n_train']} QM9 molecules (PBE/def2-SVP, {args.auxbasis}); "
+                        f"held-out eps_mae {run[lab]['mean']:.2f} % mean on {n_test} molecules "
+                        f"(floor {results['floor'][lab]['mean']:.2f} %)"),
+            "script": "examples/qm9_delta_saed_benchmark.py",
+            "citation": "Delta-SAED: arXiv:2510.00788v1",
+        }
+        src = os.path.join(args.work, f"run_{target}_{size}_of_{n_sample}", "best.pt")
+        info = export_model(src, os.path.join(args.export, f"qm9-{lab.lower()}.pt"), card=card)
+        print(f"exported {info['path']} ({info['bytes'] / 1e6:.2f} MB)")
+        try:
+            write_plots(reports[target], os.path.join(args.work, f"plots_{lab.lower()}_{size}"))
+        except Exception as exc:  # plots are a convenience; the table and JSON are the result
+            print(f"plots skipped: {exc}")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", required=True)
@@ -72,6 +142,10 @@ def main():
     p.add_argument("--auxbasis", default="dl-dcd")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", default=None, help="JSON with ModelConfig fields")
+    p.add_argument("--max-train", type=int, default=None, help="use the first K molecules of the training sample")
+    p.add_argument("--max-test", type=int, default=None, help="use the first M molecules of the held-out sample")
+    p.add_argument("--parallel", action="store_true", help="train TCD and DCD at once, one process each")
+    p.add_argument("--export", default=None, help="write slim qm9-tcd.pt / qm9-dcd.pt of the largest size here")
     args = p.parse_args()
 
     from densitylearn.evaluate import evaluate_file
@@ -84,41 +158,58 @@ def main():
     os.makedirs(args.work, exist_ok=True)
     train_idx = existing(*sample(args.train, args.seed))
     test_idx = existing(*sample(args.test, args.seed + 1))
+    train_idx, test_idx = train_idx[:args.max_train], test_idx[:args.max_test]
     assert max(train_idx) < QM9_HELDOUT_START <= min(test_idx), "training sample reaches the held-out range"
     sizes = sorted(int(s) for s in args.sizes.split(","))
     results = {"train_indices": len(train_idx), "test_indices": len(test_idx), "runs": []}
 
+    chks = {}
     for name, idx in (("train", train_idx), ("test", test_idx)):
         refs = os.path.join(args.work, f"refs_{name}")
         compute_references(qm9_structures(idx), refs, workers=args.workers)
-        data = os.path.join(args.work, f"{name}.h5")
+        chks[name] = [os.path.join(refs, f"qm9_{i:06d}.chk") for i in idx]
+        # one dataset per sample size, so that a grown run never reuses a smaller fit
+        data = os.path.join(args.work, f"{name}_{len(idx)}.h5")
         if not os.path.exists(data):
-            fit_basis(sorted(glob.glob(os.path.join(refs, "*.chk"))), data,
+            fit_basis(chks[name], data,
                       FitSettings(auxbasis=args.auxbasis, floor_grid_level=3 if name == "test" else -1),
                       workers=args.workers)
+    train_data = os.path.join(args.work, f"train_{len(train_idx)}.h5")
+    test_data = os.path.join(args.work, f"test_{len(test_idx)}.h5")
 
-    test_chks = sorted(glob.glob(os.path.join(args.work, "refs_test", "*.chk")))
-    floor = evaluate_file(os.path.join(args.work, "test.h5"), progress=False)["summary"]
+    test_chks = chks["test"]
+    floor = evaluate_file(test_data, progress=False)["summary"]
     model_cfg = json.loads(open(args.model).read()) if args.model else {}
     for size in sizes:
+        jobs = [(target, os.path.join(args.work, f"run_{target}_{size}_of_{len(train_idx)}"),
+                 TrainConfig(target=target, max_epochs=args.epochs, batch_size=args.batch_size, device=args.device,
+                             seed=args.seed, max_train_structures=size, model=model_cfg))
+                for target in ("total", "difference")]
+        if args.parallel:  # TCD and DCD side by side, one process each (CPU machines)
+            from concurrent.futures import ProcessPoolExecutor
+
+            with ProcessPoolExecutor(2) as pool:
+                list(pool.map(_train_job, [(train_data, run, cfg, max(1, (os.cpu_count() or 2) // 2))
+                                           for _, run, cfg in jobs]))
         reports = {}
-        for target in ("total", "difference"):
-            run = os.path.join(args.work, f"run_{target}_{size}")
-            cfg = TrainConfig(target=target, max_epochs=args.epochs, batch_size=args.batch_size,
-                              device=args.device, seed=args.seed, max_train_structures=size, model=model_cfg)
-            train(os.path.join(args.work, "train.h5"), run, cfg)
-            pred = os.path.join(run, "test_predictions.h5")
+        for target, run, cfg in jobs:
+            train(train_data, run, cfg)  # resumes to the end (no-op) after a parallel run
+            pred = os.path.join(run, f"test_predictions_{len(test_idx)}.h5")
             if not os.path.exists(pred):
                 predict_files(os.path.join(run, "best.pt"), test_chks, pred, device=args.device)
             reports[target] = evaluate_file(pred, progress=False)
         eps_t = np.array([r["eps_mae_total"] for r in reports["total"]["structures"]])
         eps_d = np.array([r["eps_mae_difference"] for r in reports["difference"]["structures"]])
         results["runs"].append({
-            "size": size, "TCD": reports["total"]["summary"]["TCD"], "DCD": reports["difference"]["summary"]["DCD"],
+            "size": size, "n_train": n_train(len(train_idx), size, args.seed),
+            "TCD": reports["total"]["summary"]["TCD"], "DCD": reports["difference"]["summary"]["DCD"],
             "dcd_better_fraction": float(np.mean(eps_d < eps_t)),
             "per_element": {"TCD": reports["total"]["per_element"]["TCD"],
                             "DCD": reports["difference"]["per_element"]["DCD"]}})
+        last_reports = reports
     results["floor"] = floor
+    if args.export:
+        export_largest(args, results, sizes[-1], len(train_idx), len(test_idx), last_reports)
     with open(os.path.join(args.work, "results.json"), "w") as fh:
         json.dump(results, fh, indent=1)
 
@@ -127,7 +218,7 @@ def main():
           "floor TCD % | floor DCD % |")
     print("|---|---|---|---|---|---|---|---|")
     for r in results["runs"]:
-        print(f"| {r['size']} | {r['TCD']['mean']:.3f} | {r['TCD']['median']:.3f} | {r['DCD']['mean']:.3f} | "
+        print(f"| {r['n_train']} | {r['TCD']['mean']:.3f} | {r['TCD']['median']:.3f} | {r['DCD']['mean']:.3f} | "
               f"{r['DCD']['median']:.3f} | {100 * r['dcd_better_fraction']:.0f} % | "
               f"{floor['TCD']['mean']:.3f} | {floor['DCD']['mean']:.3f} |")
     try:
