@@ -27,7 +27,13 @@ first moments of the aux functions and of ``D_a``, plus the nuclei).
 Units: energies in hartree (``*_ev`` properties and record fields in eV), dipoles in Debye
 (``densitylearn.units.AU_DEBYE``), positions in bohr. Closed-shell molecules, LDA/GGA
 functionals; hybrids, meta-GGAs and NLC are refused (exact exchange needs a density
-matrix, tau needs orbitals). Harris forces are not implemented.
+matrix, tau needs orbitals).
+
+Forces: :func:`harris_forces` differentiates the Harris energy surface of a model by
+central differences, ``F = -dE_H/dR`` with the input density re-predicted at every
+displaced geometry (the model defines rho_in(R)); 6 N non-self-consistent evaluations,
+grids and SAED rebuilt at each. :func:`reference_forces` gives the analytic PySCF forces
+of a converged reference SCF to compare with.
 
 SCF guesses: :func:`guess_density_matrix` (the output density matrix, usable as ``dm0`` in
 PySCF and gpu4pyscf), :func:`run_scf_with_guess` and :func:`compare_guesses` (iterations
@@ -43,7 +49,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .errors import InputError
-from .units import AU_DEBYE, HARTREE_EV
+from .units import AU_DEBYE, BOHR_ANGSTROM, HARTREE_EV
 
 #: Density targets a coefficient vector can describe.
 TARGETS = ("difference", "total")
@@ -386,6 +392,90 @@ def guess_density_matrix(mol, coefficients=None, basis=None, target: str = "diff
     return nscf_properties(mol, coefficients, basis, target, xc, dm_saed, grid_level, **kwargs).dm
 
 
+# ----------------------------------------------------------------------------- forces
+#: Default central-difference step of :func:`harris_forces`, bohr.
+FORCE_STEP_BOHR = 2e-3
+
+#: hartree/bohr -> eV/Angstrom
+HARTREE_BOHR_EV_ANGSTROM = HARTREE_EV / BOHR_ANGSTROM
+
+
+def harris_forces(predict, structure, xc: str, orbital_basis: str, step: float = FORCE_STEP_BOHR,
+                  grid_level: int = 3, max_memory_mb: float = 500.0) -> np.ndarray:
+    """Forces on the nuclei from a model's Harris energy surface, hartree/bohr, (n_atoms, 3).
+
+    ``F_Ax = -(E_H(R + h e_Ax) - E_H(R - h e_Ax)) / 2h`` where each ``E_H`` is
+    :func:`nscf_properties` of the density the model predicts at that geometry (so the
+    derivative includes how the predicted density follows the atoms). The molecular grid,
+    the orbital basis and, for DCD, the SAED move with the atoms.
+
+    Parameters
+    ----------
+    predict : callable
+        Maps a list of :class:`~densitylearn.structure.Structure` to predictions with
+        ``coefficients``, ``basis`` and ``target`` (e.g. ``Predictor.predict``).
+    structure : Structure
+        The molecule (bohr).
+    xc, orbital_basis : str
+        The calculation's functional and orbital basis.
+    step : float
+        Displacement h in bohr (the error is O(h^2); the grid quadrature adds noise of
+        order 1e-6 hartree / h, so h should not be much below 1e-3).
+    """
+    import dataclasses
+
+    if not step > 0:
+        raise InputError(f"force step must be > 0 bohr, got {step}")
+    n = len(structure)
+    displaced = []
+    for a in range(n):
+        for x in range(3):
+            for sign in (1.0, -1.0):
+                pos = np.array(structure.positions, dtype=np.float64, copy=True)
+                pos[a, x] += sign * step
+                displaced.append(dataclasses.replace(structure, positions=pos))
+    preds = predict(displaced)
+    energies = np.empty(len(preds))
+    for k, (s, pr) in enumerate(zip(displaced, preds)):
+        mol = s.to_pyscf(basis=orbital_basis)
+        energies[k] = nscf_properties(mol, pr.coefficients, pr.basis, pr.target, xc, grid_level=grid_level,
+                                      orbital_basis=orbital_basis, max_memory_mb=max_memory_mb).energy
+    e = energies.reshape(n, 3, 2)
+    return -(e[..., 0] - e[..., 1]) / (2.0 * step)
+
+
+def reference_forces(path: str) -> np.ndarray:
+    """Analytic forces (hartree/bohr, (n_atoms, 3)) of a converged restricted-KS reference chkfile.
+
+    PySCF's RKS nuclear gradient at the stored orbitals, with the reference's functional
+    and grid level and the grid response included (no SCF is rerun).
+    """
+    from pyscf import dft
+    from pyscf.scf import chkfile as scf_chkfile
+
+    from .reference import load_reference
+
+    ref = load_reference(path)
+    if ref.kpts is not None:
+        raise InputError(f"{path}: reference forces of periodic cells are not supported")
+    scf = scf_chkfile.load(path, "scf")
+    mo_coeff = np.asarray(scf["mo_coeff"])
+    if mo_coeff.ndim != 2:
+        raise InputError(f"{path}: reference forces need a restricted (closed-shell) SCF")
+    mf = dft.RKS(ref.mol)
+    mf.xc = ref.xc or "pbe"
+    if ref.grid_level >= 0:
+        mf.grids.level = int(ref.grid_level)
+    mf.verbose = 0
+    g = mf.nuc_grad_method()
+    g.verbose = 0
+    # include the moving-grid (Becke weight) terms: the exact derivative of the quadrature
+    # energy, like central differences with grids that follow the atoms
+    g.grid_response = True
+    return -np.asarray(g.kernel(mo_energy=np.asarray(scf["mo_energy"]), mo_coeff=mo_coeff,
+                                mo_occ=np.asarray(scf["mo_occ"])))
+
+
 # ----------------------------------------------------------------------------- SCF runs
 @dataclass(frozen=True, eq=False)
 class SCFRun:
@@ -552,7 +642,8 @@ def _mae(values) -> float:
 
 
 def nscf_predictions(predictions, xc: str, orbital_basis: str, grid_level: int = 3,
-                     override: bool = False, progress=None) -> dict:
+                     override: bool = False, progress=None, forces_from=None,
+                     force_step: float = FORCE_STEP_BOHR) -> dict:
     """Non-self-consistent properties of predicted densities, compared with references.
 
     Parameters
@@ -569,6 +660,13 @@ def nscf_predictions(predictions, xc: str, orbital_basis: str, grid_level: int =
         Accept a reference computed with another functional or basis.
     progress : callable or None
         Called with each finished entry.
+    forces_from : callable, optional
+        A ``predict`` callable (``Predictor.predict``): adds :func:`harris_forces`
+        (``forces_ev_per_angstrom``) and, for chkfile references, the analytic reference
+        forces and the error ``force_mae_mev_per_angstrom`` (mean |component| error) and
+        ``force_max_mev_per_angstrom``.
+    force_step : float
+        Central-difference step, bohr.
 
     Returns
     -------
@@ -613,6 +711,15 @@ def nscf_predictions(predictions, xc: str, orbital_basis: str, grid_level: int =
                 "gap_mev": (res.gap - r0.gap) * HARTREE_EV * 1000,
                 "dipole_debye": float(np.linalg.norm(res.dipole - r0.dipole)),
                 "mo_energy_mae_mev": float(np.mean(np.abs(res.mo_energy - r0.mo_energy))) * HARTREE_EV * 1000}
+        if forces_from is not None:
+            f = harris_forces(forces_from, s, xc, orbital_basis, step=force_step, grid_level=grid_level)
+            entry["forces_ev_per_angstrom"] = (f * HARTREE_BOHR_EV_ANGSTROM).tolist()
+            if ref is not None:
+                f0 = reference_forces(s.source)
+                entry["reference_forces_ev_per_angstrom"] = (f0 * HARTREE_BOHR_EV_ANGSTROM).tolist()
+                dev = np.abs(f - f0) * HARTREE_BOHR_EV_ANGSTROM * 1000
+                entry["errors"].update(force_mae_mev_per_angstrom=float(dev.mean()),
+                                       force_max_mev_per_angstrom=float(dev.max()))
         entries.append(entry)
         if progress is not None:
             progress(entry)
@@ -621,8 +728,12 @@ def nscf_predictions(predictions, xc: str, orbital_basis: str, grid_level: int =
     if compared:
         for k in ("energy_mev_per_atom", "gap_mev", "dipole_debye", "mo_energy_mae_mev"):
             summary[f"mae_{k}"] = _mae([c[k] for c in compared])
+        if forces_from is not None:
+            summary["mae_force_mev_per_angstrom"] = _mae([c["force_mae_mev_per_angstrom"] for c in compared])
     return {"settings": {"xc": xc, "orbital_basis": orbital_basis, "grid_level": int(grid_level),
-                         "units": "energy hartree (errors meV/atom), gap eV (errors meV), dipole Debye"},
+                         "units": "energy hartree (errors meV/atom), gap eV (errors meV), dipole Debye, "
+                                  "forces eV/Angstrom (errors meV/Angstrom)",
+                         "force_step_bohr": float(force_step) if forces_from is not None else None},
             "structures": entries, "summary": summary}
 
 
@@ -638,8 +749,10 @@ def format_nscf(report: dict) -> str:
                      f"{p['dipole_norm_debye']:7.4f}{cmp}")
     s = report["summary"]
     if s.get("n_compared"):
+        forces = (f", forces {s['mae_force_mev_per_angstrom']:.2f} meV/A"
+                  if "mae_force_mev_per_angstrom" in s else "")
         lines.append(f"mean |error| over {s['n_compared']} references: energy {s['mae_energy_mev_per_atom']:.3f} meV/atom, "
-                     f"gap {s['mae_gap_mev']:.2f} meV, dipole {s['mae_dipole_debye']:.4f} D")
+                     f"gap {s['mae_gap_mev']:.2f} meV, dipole {s['mae_dipole_debye']:.4f} D{forces}")
     return "\n".join(lines)
 
 

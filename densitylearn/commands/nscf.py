@@ -25,6 +25,12 @@ def add_arguments(p):
     p.add_argument("--grid-level", type=int, default=3, help="PySCF grid level of the XC quadrature (default: %(default)s)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="where the model runs (default: %(default)s)")
+    p.add_argument("--forces", action="store_true",
+                   help="also Harris forces (eV/A) by central differences of the Harris energy with the density "
+                        "re-predicted at each displaced geometry (6 N evaluations per structure); compared "
+                        "with the analytic forces of chkfile references")
+    p.add_argument("--force-step", type=float, default=None, metavar="BOHR",
+                   help="central-difference step in bohr (default: 2e-3)")
     p.add_argument("--quiet", action="store_true", help="print the summary only")
 
 
@@ -36,8 +42,16 @@ def run(args):
     xc, basis = resolve_settings(predictor.xc, predictor.orbital_basis, args.xc, args.basis, args.override,
                                  context=f"model {args.model}")
     structures = predictor.check(read_inputs(args.structures))
+    from ..properties import FORCE_STEP_BOHR
+
+    step = FORCE_STEP_BOHR if args.force_step is None else args.force_step
+    if args.forces and not step > 0:
+        from ..errors import InputError
+
+        raise InputError(f"--force-step must be > 0 bohr, got {step}")
     report = nscf_predictions(predictor.iter_predict(structures, checked=True), xc, basis,
-                              grid_level=args.grid_level, override=args.override)
+                              grid_level=args.grid_level, override=args.override,
+                              forces_from=predictor.predict if args.forces else None, force_step=step)
     report["settings"]["model"] = predictor.checkpoint
     report["settings"]["target"] = predictor.target
     text = format_nscf(report)
