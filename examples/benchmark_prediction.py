@@ -104,6 +104,18 @@ def main():
     grids = [becke_grid((s.numbers, s.positions), level=args.grid_level)[0] for s in gm]
     t_grid = time.perf_counter() - t
     n_pts = sum(len(g) for g in grids)
+    # the same grids built with torch on the device (densitylearn.becke), checked against PySCF's
+    from densitylearn.becke import becke_grid_torch
+
+    becke_grid_torch(gm[0].numbers, gm[0].positions, level=args.grid_level, device=device)  # warm-up
+    sync(device)
+    t = time.perf_counter()
+    tgrids = [becke_grid_torch(s.numbers, s.positions, level=args.grid_level, device=device) for s in gm]
+    sync(device)
+    t_tgrid = time.perf_counter() - t
+    w_ref = sum(float(becke_grid((s.numbers, s.positions), level=args.grid_level)[1].sum()) for s in gm[:4])
+    w_tst = sum(float(w.sum()) for _, w in tgrids[:4])
+    assert abs(w_tst - w_ref) < 1e-9 * abs(w_ref), (w_tst, w_ref)
     bs = max(int(b) for b in args.batch_sizes.split(","))
 
     def predict_and_evaluate(with_saed=True):
@@ -139,6 +151,9 @@ def main():
     print(f"| prediction + density without the SAED | {len(gm) / dt_nosaed:.1f} | {dt_nosaed:.3f} |")
     print(f"| prediction + total density (SAED added) | {len(gm) / dt:.1f} | {dt:.3f} |")
     print(f"| all, grid generation included | {len(gm) / (dt + t_grid):.1f} | {dt + t_grid:.3f} |")
+    print(f"| Becke grid generation (densitylearn.becke, torch, {device.type}) | {len(gm) / t_tgrid:.1f} | "
+          f"{t_tgrid:.3f} |")
+    print(f"| all, torch grid generation included | {len(gm) / (dt + t_tgrid):.1f} | {dt + t_tgrid:.3f} |")
 
 if __name__ == "__main__":
     main()
