@@ -6,7 +6,7 @@ Usage::
     python examples/qm9_delta_saed_benchmark.py --work qm9bench \\
         --train 1-119999:2000 --test 120000-133885:500 --sizes 100,1000,2000 \\
         [--epochs 200] [--device cuda] [--workers 4] [--auxbasis dl-dcd] \\
-        [--max-train K] [--max-test M] [--export models/]
+        [--max-train K] [--max-test M] [--export models/] [--config train.json] [--parallel]
 
 ``--max-train``/``--max-test`` keep the first K/M molecules of the seeded samples (same
 molecules as a longer run with the same ``--train``/``--test``, so a run can grow).
@@ -144,6 +144,8 @@ def main():
     p.add_argument("--auxbasis", default="dl-dcd")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", default=None, help="JSON with ModelConfig fields")
+    p.add_argument("--config", default=None,
+                   help="JSON with further TrainConfig fields (e.g. val_structures, lr); the same for TCD and DCD")
     p.add_argument("--max-train", type=int, default=None, help="use the first K molecules of the training sample")
     p.add_argument("--max-test", type=int, default=None, help="use the first M molecules of the held-out sample")
     p.add_argument("--parallel", action="store_true", help="train TCD and DCD at once, one process each")
@@ -193,10 +195,12 @@ def main():
     floor = {lab: {"mean": float(np.mean([r[key] for r in rows])), "median": float(np.median([r[key] for r in rows]))}
              for lab, key in (("TCD", "eps_mae_total"), ("DCD", "eps_mae_difference"))}
     model_cfg = json.loads(open(args.model).read()) if args.model else {}
+    train_cfg = json.loads(open(args.config).read()) if args.config else {}
     for size in sizes:
         jobs = [(target, os.path.join(args.work, f"run_{target}_{size}_of_{len(train_idx)}"),
-                 TrainConfig(target=target, max_epochs=args.epochs, batch_size=args.batch_size, device=args.device,
-                             seed=args.seed, max_train_structures=size, model=model_cfg))
+                 TrainConfig.from_dict(dict(train_cfg, target=target, max_epochs=args.epochs,
+                                            batch_size=args.batch_size, device=args.device, seed=args.seed,
+                                            max_train_structures=size, model=model_cfg)))
                 for target in ("total", "difference")]
         if args.parallel:  # TCD and DCD side by side, one process each (CPU machines)
             from concurrent.futures import ProcessPoolExecutor
