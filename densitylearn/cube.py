@@ -1,7 +1,12 @@
-"""Gaussian cube files of densities (bohr, e/bohr^3), readable by VMD, VESTA and ASE.
+"""Gaussian cube files and VASP CHGCAR files of densities, readable by VMD, VESTA and ASE.
+
+Cube files are bohr and e/bohr^3. A CHGCAR stores ``rho * V_cell`` with rho in e/Angstrom^3
+and V_cell in Angstrom^3, the first grid index fastest, points at ``(i/n1, j/n2, k/n3) @
+cell`` (:func:`write_chgcar`; :func:`densitylearn.gridfit.read_chgcar` reads it back).
 
 Cube grids are for looking at densities, not for integrating them (near nuclei a uniform
-grid is a poor quadrature); metrics use Becke grids (:mod:`densitylearn.metrics`).
+grid is a poor quadrature); molecular metrics use Becke grids (:mod:`densitylearn.metrics`).
+For periodic cells (:func:`density_cell_files`) the grid is the cell's own uniform grid.
 """
 
 from __future__ import annotations
@@ -97,4 +102,108 @@ def density_cubes(folder: str, name: str, basis, numbers, positions, coefficient
         write_cube(path, numbers, positions, origin, axes, values.reshape(tuple(shape)),
                    comment=f"{name} {kind} density, auxiliary basis {basis.name}")
         written[kind] = path
+    return written
+
+
+def write_chgcar(path: str, numbers, positions, cell, values, comment: str = "") -> None:
+    """Write a density on a cell's uniform grid as a VASP CHGCAR, atomically.
+
+    Parameters
+    ----------
+    path : str
+    numbers : array-like, shape (n_atoms,)
+    positions : array-like, shape (n_atoms, 3)
+        Bohr.
+    cell : array-like, shape (3, 3)
+        Lattice vectors as rows, bohr.
+    values : array-like, shape (n1, n2, n3)
+        Density in e/bohr^3 at ``(i/n1, j/n2, k/n3) @ cell`` (C order, index (i, j, k)).
+    comment : str
+        First line of the file.
+    """
+    import io
+
+    from ase import Atoms
+    from ase.io.vasp import write_vasp
+
+    from .units import BOHR_ANGSTROM
+
+    numbers = np.asarray(numbers, dtype=np.int64).reshape(-1)
+    positions = np.asarray(positions, dtype=np.float64).reshape(len(numbers), 3)
+    cell = np.asarray(cell, dtype=np.float64).reshape(3, 3)
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 3:
+        raise InputError(f"{path}: CHGCAR values must be a 3-d array, got shape {values.shape}")
+    if not np.all(np.isfinite(values)):
+        raise InputError(f"{path}: CHGCAR values contain NaN or infinity")
+    volume_a = abs(float(np.linalg.det(cell))) * BOHR_ANGSTROM ** 3
+    if volume_a < 1e-9:
+        raise InputError(f"{path}: zero-volume cell")
+    atoms = Atoms(numbers=numbers, positions=positions * BOHR_ANGSTROM, cell=cell * BOHR_ANGSTROM,
+                  pbc=True)
+    head = io.StringIO()
+    write_vasp(head, atoms, direct=True)
+    head_lines = head.getvalue().rstrip("\n").split("\n")
+    head_lines[0] = comment.replace("\n", " ")[:200] or head_lines[0]  # the POSCAR label line
+    # e/bohr^3 -> e/Angstrom^3, times the volume; the first index runs fastest
+    flat = (values / BOHR_ANGSTROM ** 3 * volume_a).ravel(order="F")
+    lines = [" ".join(f"{v: .11E}" for v in flat[k:k + 5]) for k in range(0, len(flat), 5)]
+    dims = " ".join(f"{n:5d}" for n in values.shape)
+    with atomic_path(path, suffix=".CHGCAR") as tmp:
+        with open(tmp, "w") as fh:
+            fh.write("\n".join(head_lines) + "\n\n" + dims + "\n" + "\n".join(lines) + "\n")
+
+
+def density_cell_files(folder: str, name: str, basis, numbers, positions, cell, coefficients, *,
+                       saed=None, shape=None, spacing: float = 0.2,
+                       formats=("cube", "chgcar")) -> dict:
+    """Write the density of a periodic cell on its uniform grid, with lattice sums.
+
+    Parameters
+    ----------
+    folder, name : str
+        Files are ``folder/name.total.cube`` and ``folder/name.total.CHGCAR`` (and
+        ``name.difference.*`` when ``saed`` is given, i.e. the coefficients are a
+        difference density).
+    basis : AuxBasis
+    numbers, positions, cell : arrays
+        Atoms and lattice vectors (rows), bohr.
+    coefficients : array, shape (n_functions,)
+        The home atoms' coefficients (difference density when ``saed`` is given).
+    saed : SAED, optional
+    shape : sequence of 3 int, optional
+        Grid points along each lattice vector (default: spacing at most ``spacing`` bohr).
+    formats : tuple of {'cube', 'chgcar'}
+
+    Returns
+    -------
+    dict
+        ``(kind, format)`` -> path written.
+    """
+    import os
+
+    from .grid import cell_grid, cell_grid_shape, evaluate_density_periodic, saed_periodic
+
+    bad = [f for f in formats if f not in ("cube", "chgcar")]
+    if bad:
+        raise InputError(f"unknown density file format {bad[0]!r} (expected cube or chgcar)")
+    shape = cell_grid_shape(cell, spacing) if shape is None else np.asarray(shape, dtype=np.int64)
+    axes, points = cell_grid(cell, shape)
+    rho = evaluate_density_periodic(basis, numbers, positions, cell, coefficients,
+                                    points).detach().cpu().numpy()
+    fields = {"total": rho}
+    if saed is not None:
+        fields = {"total": rho + saed_periodic(saed, numbers, positions, cell, points), "difference": rho}
+    written = {}
+    for kind, values in fields.items():
+        values = values.reshape(tuple(int(n) for n in shape))
+        comment = f"{name} {kind} density, auxiliary basis {basis.name}"
+        for fmt in formats:
+            if fmt == "cube":
+                path = os.path.join(folder, f"{name}.{kind}.cube")
+                write_cube(path, numbers, positions, np.zeros(3), axes, values, comment=comment)
+            else:
+                path = os.path.join(folder, f"{name}.{kind}.CHGCAR")
+                write_chgcar(path, numbers, positions, cell, values, comment=comment)
+            written[(kind, fmt)] = path
     return written

@@ -31,6 +31,10 @@ Datasets (S structures, A atoms in all, C coefficients in all)
 - ``eps_mae_total``, ``eps_mae_difference`` (S,) float64, percent (NaN when not computed)
 - ``energy`` (S,) float64, hartree (NaN when unknown)
 - ``name``, ``source`` (S,) UTF-8 strings (source: reference chkfile or structure file)
+
+Periodic datasets (fit-basis on pyscf.pbc chkfiles) add the attribute ``pseudo`` and an
+SAED of pseudo-atoms (its definition lists the valence counts); records read from them
+carry ``n_electrons``, the valence electron count of the structure.
 """
 
 from __future__ import annotations
@@ -308,6 +312,10 @@ class CoefficientDataset:
             rec[k] = v.decode() if isinstance(v, bytes) else str(v)
         for t in self.targets:
             rec["coef_" + t] = self.coefficients(i, t)
+        valence = (self.saed_definition or {}).get("valence")
+        if valence:  # pseudopotential reference: the density holds the valence electrons
+            rec["n_electrons"] = float(sum(int(valence[str(int(z))]) for z in rec["numbers"])
+                                       - rec["charge"])
         return rec
 
     def header(self) -> dict:
@@ -329,7 +337,7 @@ class CoefficientDataset:
 
 #: Attributes that must agree for datasets to be merged.
 MERGE_KEYS = ("kind", "targets", "auxbasis_name", "metric", "constrained", "xc",
-              "orbital_basis", "grid_level", "sh_order")
+              "orbital_basis", "grid_level", "sh_order", "pseudo")
 
 
 def merge_datasets(paths, out: str) -> int:

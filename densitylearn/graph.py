@@ -8,10 +8,14 @@ the model's ``COEFFICIENTS`` output is also a valid input of
 :func:`densitylearn.grid.evaluate_density_batch` (the key names agree).
 
 Edges: ``EDGE_INDEX[0]`` is the centre atom i (messages are summed there),
-``EDGE_INDEX[1]`` the neighbour j, ``EDGE_VEC = positions[j] - positions[i]`` (bohr). Both
-directions of every pair are present; no self edges. Only molecules are supported for
-now: a periodic structure raises :class:`~densitylearn.errors.InputError` (the cell and
-pbc flags are carried in the batch so that periodic images can be added later).
+``EDGE_INDEX[1]`` the neighbour j, ``EDGE_VEC = positions[j] - positions[i] + S @ cell``
+(bohr), where the integer lattice shift ``S`` (:data:`EDGE_SHIFT`) names the periodic image
+of j (zero for molecules). Both directions of every pair are present; no self edges, but
+in a small cell an atom is linked to its own images (i == j, S != 0), and one pair may be
+linked through several images. Periodic structures must be periodic along all three
+lattice vectors (the :class:`~densitylearn.structure.Structure` contract); their neighbour
+lists come from :func:`ase.neighborlist.primitive_neighbor_list` (any cell shape, any
+cutoff relative to the cell).
 """
 
 from __future__ import annotations
@@ -41,12 +45,15 @@ PBC = "pbc"
 CHARGE = "charge"
 #: (n_struct,) int64: 2S, number of unpaired electrons.
 SPIN = "spin"
-#: (n_struct,) float: electrons, sum(Z) - charge.
+#: (n_struct,) float: electrons, sum(Z) - charge, or the record's ``n_electrons`` when it
+#: has one (valence electrons of pseudopotential references).
 N_ELECTRONS = "n_electrons"
 #: (2, n_edges) int64: (centre i, neighbour j) of each directed edge, global atom indices.
 EDGE_INDEX = "edge_index"
-#: (n_edges, 3) float, bohr: positions[j] - positions[i].
+#: (n_edges, 3) float, bohr: positions[j] - positions[i] + EDGE_SHIFT @ cell.
 EDGE_VEC = "edge_vec"
+#: (n_edges, 3) int64: lattice shift S of the neighbour's image (zeros for molecules).
+EDGE_SHIFT = "edge_shift"
 #: () float, bohr: the cutoff the edges were built with.
 EDGE_CUTOFF = "edge_cutoff"
 #: (n_struct,) int64: coefficients per structure.
@@ -109,19 +116,117 @@ def neighbour_list(positions: torch.Tensor, batch: torch.Tensor, n_atoms: torch.
     return torch.stack([centre[keep], neighbour[keep]])
 
 
-def add_edges(batch: dict, cutoff: float) -> dict:
-    """Add :data:`EDGE_INDEX`, :data:`EDGE_VEC` and :data:`EDGE_CUTOFF` to ``batch`` (in place).
+def periodic_neighbour_list(positions, cell, cutoff: float) -> tuple[np.ndarray, np.ndarray]:
+    """Directed edges of one fully periodic structure, with the neighbours' lattice shifts.
 
-    Raises :class:`InputError` if any structure is periodic.
+    Parameters
+    ----------
+    positions : array-like, shape (n_atoms, 3)
+        Bohr (need not lie inside the cell).
+    cell : array-like, shape (3, 3)
+        Lattice vectors as rows, bohr.
+    cutoff : float
+        Bohr.
+
+    Returns
+    -------
+    edge_index : ndarray, shape (2, n_edges), int64
+        (centre i, neighbour j), local indices, sorted by centre, then neighbour, then shift.
+    shifts : ndarray, shape (n_edges, 3), int64
+        S such that ``positions[j] + S @ cell`` is the image of j within ``cutoff`` of i.
     """
-    if PBC in batch and bool(torch.as_tensor(batch[PBC]).any()):
-        bad = torch.nonzero(torch.as_tensor(batch[PBC]).any(-1)).flatten().tolist()
-        raise InputError(f"structures {bad} of the batch are periodic: periodic neighbour lists "
-                         "are not implemented yet (molecules only)")
+    from ase.neighborlist import primitive_neighbor_list
+
+    if not cutoff > 0:
+        raise InputError(f"cutoff must be positive, got {cutoff}")
+    pos = np.asarray(positions, dtype=np.float64)
+    i, j, shift = primitive_neighbor_list("ijS", np.ones(3, dtype=bool), np.asarray(cell, dtype=np.float64),
+                                          pos, float(cutoff), self_interaction=False)
+    shift = np.asarray(shift, dtype=np.int64).reshape(-1, 3)
+    order = np.lexsort((shift[:, 2], shift[:, 1], shift[:, 0], j, i))
+    return np.stack([i[order], j[order]]).astype(np.int64), shift[order]
+
+
+def build_edges(positions: torch.Tensor, batch: torch.Tensor, n_atoms: torch.Tensor, cutoff: float,
+                cell: torch.Tensor | None = None, pbc: torch.Tensor | None = None):
+    """Edges of a whole batch: molecules through :func:`neighbour_list`, periodic structures
+    through :func:`periodic_neighbour_list` (one call per periodic structure).
+
+    Parameters
+    ----------
+    positions : Tensor, shape (n_atoms, 3)
+        Bohr.
+    batch, n_atoms
+        As in :func:`neighbour_list`.
+    cutoff : float
+        Bohr.
+    cell : Tensor, shape (n_struct, 3, 3), optional
+        Bohr; needed when any structure is periodic.
+    pbc : Tensor, shape (n_struct, 3) bool, optional
+        Periodic flags (None: all molecules).
+
+    Returns
+    -------
+    edge_index : Tensor, shape (2, n_edges), int64
+        Global (centre, neighbour) indices, sorted by centre.
+    shifts : Tensor, shape (n_edges, 3), int64
+        Lattice shifts of the neighbours (zeros for molecules).
+    """
+    device = positions.device
+    n_atoms = n_atoms.to(device=device, dtype=torch.long)
+    batch = batch.to(device=device, dtype=torch.long)
+    periodic = torch.zeros(len(n_atoms), dtype=torch.bool, device=device) if pbc is None \
+        else torch.as_tensor(pbc, device=device).reshape(len(n_atoms), 3).any(-1)
+    edge_index = neighbour_list(positions, batch, n_atoms, cutoff)
+    if not bool(periodic.any()):
+        return edge_index, torch.zeros(edge_index.shape[1], 3, dtype=torch.long, device=device)
+    if cell is None:
+        raise InputError("periodic structures in the batch but no cell")
+    edge_index = edge_index[:, ~periodic[batch[edge_index[0]]]]
+    shifts = [torch.zeros(edge_index.shape[1], 3, dtype=torch.long, device=device)]
+    parts = [edge_index]
+    start = torch.cumsum(n_atoms, 0) - n_atoms
+    pos_np = positions.detach().cpu().double().numpy()
+    cell_np = torch.as_tensor(cell).detach().cpu().double().numpy().reshape(-1, 3, 3)
+    for s in torch.nonzero(periodic).flatten().tolist():
+        a0, a1 = int(start[s]), int(start[s] + n_atoms[s])
+        e, sh = periodic_neighbour_list(pos_np[a0:a1], cell_np[s], cutoff)
+        parts.append(torch.as_tensor(e + a0, device=device))
+        shifts.append(torch.as_tensor(sh, device=device))
+    edge_index = torch.cat(parts, 1)
+    shift = torch.cat(shifts, 0)
+    order = torch.argsort(edge_index[0], stable=True)
+    return edge_index[:, order], shift[order]
+
+
+def edge_vectors(positions: torch.Tensor, edge_index: torch.Tensor, shifts: torch.Tensor | None = None,
+                 cell: torch.Tensor | None = None, batch: torch.Tensor | None = None) -> torch.Tensor:
+    """``positions[j] - positions[i] + shifts @ cell[batch[i]]``, shape (n_edges, 3), bohr.
+
+    Differentiable with respect to ``positions`` (and ``cell``); without shifts the plain
+    molecular difference vectors.
+    """
+    vec = positions[edge_index[1]] - positions[edge_index[0]]
+    if shifts is None or shifts.numel() == 0 or not bool((shifts != 0).any()):
+        return vec
+    if cell is None:
+        raise InputError("edges with lattice shifts need the cell")
+    cell = torch.as_tensor(cell, device=positions.device).to(positions.dtype).reshape(-1, 3, 3)
+    if batch is None:
+        batch = torch.zeros(positions.shape[0], dtype=torch.long, device=positions.device)
+    cell_e = cell[batch[edge_index[0]]]
+    return vec + torch.einsum("ek,ekx->ex", shifts.to(positions.dtype), cell_e)
+
+
+def add_edges(batch: dict, cutoff: float) -> dict:
+    """Add :data:`EDGE_INDEX`, :data:`EDGE_SHIFT`, :data:`EDGE_VEC` and :data:`EDGE_CUTOFF`
+    to ``batch`` (in place), with periodic images for periodic structures."""
     pos = batch[POSITIONS]
-    edge_index = neighbour_list(pos, batch[BATCH], batch[N_ATOMS], cutoff)
+    edge_index, shift = build_edges(pos, batch[BATCH], batch[N_ATOMS], cutoff,
+                                    cell=batch.get(CELL), pbc=batch.get(PBC))
     batch[EDGE_INDEX] = edge_index
-    batch[EDGE_VEC] = pos[edge_index[1]] - pos[edge_index[0]]
+    batch[EDGE_SHIFT] = shift
+    batch[EDGE_VEC] = edge_vectors(pos, edge_index, shift, batch.get(CELL), batch[BATCH])
     batch[EDGE_CUTOFF] = torch.tensor(float(cutoff), dtype=torch.float64)
     return batch
 
@@ -150,7 +255,8 @@ def collate(records, basis: AuxBasis, target: str | None = None, cutoff: float |
     ----------
     records : sequence of dict
         :class:`~densitylearn.data.CoefficientDataset` records (``numbers``, ``positions``
-        bohr, optional ``cell``, ``pbc``, ``charge``, ``spin`` and ``coef_<target>``).
+        bohr, optional ``cell``, ``pbc``, ``charge``, ``spin``, ``n_electrons`` and
+        ``coef_<target>``).
     basis : AuxBasis
         Fixes the coefficient layout; every element must be covered.
     target : {'total', 'difference'}, optional
@@ -180,9 +286,14 @@ def collate(records, basis: AuxBasis, target: str | None = None, cutoff: float |
             raise InputError(f"structure {name}: positions must be finite with shape ({len(z)}, 3), "
                              f"got {pos.shape}")
         pbc = np.asarray(rec.get("pbc", np.zeros(3, bool)), dtype=bool).reshape(3)
+        cell = np.asarray(rec.get("cell", np.zeros((3, 3))), dtype=np.float64).reshape(3, 3)
         if pbc.any():
-            raise InputError(f"structure {name} is periodic (pbc={pbc.tolist()}): periodic "
-                             "neighbour lists are not implemented yet (molecules only)")
+            if not pbc.all():
+                raise InputError(f"structure {name}: partly periodic structures (pbc={pbc.tolist()}) "
+                                 "are not supported")
+            vol = abs(float(np.linalg.det(cell)))
+            if not np.all(np.isfinite(cell)) or vol < 1e-6:
+                raise InputError(f"structure {name}: periodic with a zero-volume cell")
         missing = sorted({int(x) for x in z} - set(basis.elements))
         if missing:
             raise InputError(f"structure {name}: element Z={missing[0]} is not covered by "
@@ -196,7 +307,7 @@ def collate(records, basis: AuxBasis, target: str | None = None, cutoff: float |
             coefs.append(c)
         numbers.append(z)
         positions.append(pos)
-        cells.append(np.asarray(rec.get("cell", np.zeros((3, 3))), dtype=np.float64).reshape(3, 3))
+        cells.append(cell)
         pbcs.append(pbc)
         charges.append(float(rec.get("charge", 0)))
         spins.append(int(rec.get("spin", 0)))
@@ -204,7 +315,9 @@ def collate(records, basis: AuxBasis, target: str | None = None, cutoff: float |
     z_all = np.concatenate(numbers)
     n_atoms = np.array([len(z) for z in numbers], dtype=np.int64)
     charge = np.array(charges)
-    n_elec = np.array([float(z.sum()) for z in numbers]) - charge
+    # a record may carry its own count (valence electrons of pseudopotential references)
+    n_elec = np.array([float(rec["n_electrons"]) if rec.get("n_electrons") is not None
+                       else float(z.sum()) - c for rec, z, c in zip(records, numbers, charges)])
     out = {
         NUMBERS: torch.as_tensor(z_all),
         POSITIONS: torch.as_tensor(np.concatenate(positions), dtype=dtype),

@@ -732,3 +732,167 @@ def uniform_box(numbers, positions, spacing: float = 0.2, margin: float = 4.0):
     idx = np.stack([g.reshape(-1) for g in grids], axis=1)
     points = lo[None, :] + idx.astype(np.float64) @ axes
     return lo, axes, shape, points
+
+
+# ----------------------------------------------------------------------------- cells
+def cell_grid(cell, shape):
+    """The uniform grid of a periodic cell (the CHGCAR / FFT-mesh convention).
+
+    Parameters
+    ----------
+    cell : array-like, shape (3, 3)
+        Lattice vectors as rows, bohr.
+    shape : sequence of 3 int
+        Points along each lattice vector.
+
+    Returns
+    -------
+    axes : ndarray, shape (3, 3)
+        Step vectors as rows, bohr (``cell[i] / shape[i]``).
+    points : ndarray, shape (prod(shape), 3)
+        Bohr, point (i, j, k) at ``(i/n1, j/n2, k/n3) @ cell``, C order (i slowest).
+    """
+    cell = np.asarray(cell, dtype=np.float64).reshape(3, 3)
+    shape = [int(n) for n in shape]
+    if len(shape) != 3 or min(shape) < 1:
+        raise InputError(f"grid shape must be three positive integers, got {shape}")
+    if abs(np.linalg.det(cell)) < 1e-6:
+        raise InputError("zero-volume cell")
+    axes = cell / np.asarray(shape, dtype=np.float64)[:, None]
+    grids = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
+    idx = np.stack([g.reshape(-1) for g in grids], axis=1).astype(np.float64)
+    return axes, idx @ axes
+
+
+def cell_grid_shape(cell, spacing: float = 0.2) -> np.ndarray:
+    """Points along each lattice vector for a spacing of at most ``spacing`` bohr."""
+    if not spacing > 0:
+        raise InputError(f"spacing must be > 0, got {spacing}")
+    lengths = np.linalg.norm(np.asarray(cell, dtype=np.float64).reshape(3, 3), axis=1)
+    return np.maximum(1, np.ceil(lengths / spacing - 1e-9)).astype(np.int64)
+
+
+def lattice_image_atoms(numbers, positions, cell, points, reach):
+    """Atoms of a fully periodic structure plus the images whose functions reach ``points``.
+
+    Parameters
+    ----------
+    numbers : array-like, shape (n_atoms,)
+    positions : array-like, shape (n_atoms, 3)
+        Bohr.
+    cell : array-like, shape (3, 3)
+        Lattice vectors as rows, bohr.
+    points : array-like, shape (n_points, 3)
+        Bohr (anywhere; they need not lie in the cell).
+    reach : dict[int, float]
+        Reach (bohr) of each element's functions.
+
+    Returns
+    -------
+    numbers : ndarray (m,), positions : ndarray (m, 3), home : ndarray (m,) int
+        Home atoms first (``home[:n_atoms] == arange(n_atoms)``), then images; ``home`` is
+        the atom each image copies. An image is kept when, along every lattice direction,
+        its distance from the slab spanned by the points is below its reach: a superset
+        of the images within reach of some point.
+    """
+    z = _numbers_np(numbers)
+    pos = np.asarray(positions, dtype=np.float64).reshape(len(z), 3)
+    cell = np.asarray(cell, dtype=np.float64).reshape(3, 3)
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    home = np.arange(len(z))
+    if len(pts) == 0:
+        return z, pos, home
+    inv = np.linalg.inv(cell)
+    vol = abs(np.linalg.det(cell))
+    heights = np.array([vol / np.linalg.norm(np.cross(cell[(i + 1) % 3], cell[(i + 2) % 3]))
+                        for i in range(3)])
+    fp = pts @ inv
+    flo, fhi = fp.min(0), fp.max(0)
+    fpos = pos @ inv
+    r_atom = np.array([float(reach[int(x)]) for x in z])
+    rmax = float(r_atom.max())
+    lo = np.floor(flo - fpos.max(0) - rmax / heights).astype(np.int64) - 1
+    hi = np.ceil(fhi - fpos.min(0) + rmax / heights).astype(np.int64) + 1
+    ranges = [np.arange(lo[i], hi[i] + 1) for i in range(3)]
+    shifts = np.stack(np.meshgrid(*ranges, indexing="ij"), axis=-1).reshape(-1, 3)
+    shifts = shifts[np.any(shifts != 0, axis=1)]
+    f = fpos[:, None, :] + shifts[None, :, :].astype(np.float64)  # (n, n_shift, 3)
+    gap = np.clip(flo - f, 0, None) + np.clip(f - fhi, 0, None)
+    keep = np.all(gap * heights <= r_atom[:, None, None], axis=2)
+    a_idx, s_idx = np.nonzero(keep)
+    img_pos = pos[a_idx] + shifts[s_idx].astype(np.float64) @ cell
+    return (np.concatenate([z, z[a_idx]]), np.concatenate([pos, img_pos]),
+            np.concatenate([home, a_idx]))
+
+
+def evaluate_density_periodic(basis: AuxBasis, numbers, positions, cell, coefficients, points,
+                              saed=None, chunk_size=None, threshold: float = DEFAULT_THRESHOLD):
+    """Density of a fully periodic structure at ``points``, with lattice sums.
+
+    ``rho(r) = sum_T sum_P c_P chi_P(r - R_P - T) (+ sum_T rho_SAED)``: the home atoms'
+    coefficients are copied onto every periodic image within reach of the points (the
+    largest shell radius at ``threshold``; the SAED's cutoff radius for the prior) and the
+    molecular evaluator :func:`evaluate_density` runs on the tiled atoms.
+
+    Parameters
+    ----------
+    basis : AuxBasis
+    numbers : array-like, shape (n_atoms,)
+    positions : array-like, shape (n_atoms, 3)
+        Bohr.
+    cell : array-like, shape (3, 3)
+        Lattice vectors as rows, bohr.
+    coefficients : array-like or Tensor, shape (n_functions,)
+        The home atoms' coefficients, PySCF order (``basis.layout(numbers)``).
+    points : array-like or Tensor, shape (n_points, 3)
+        Bohr.
+    saed : SAED, optional
+        Add the lattice-summed SAED prior (the coefficients are then a difference density).
+    chunk_size, threshold
+        As in :func:`evaluate_density`.
+
+    Returns
+    -------
+    Tensor, shape (n_points,)
+        e/bohr^3; dtype and device as :func:`evaluate_density`; differentiable with respect
+        to the coefficients.
+    """
+    torch = _torch()
+    dtype, device = _target(coefficients, points)
+    z = _numbers_np(numbers)
+    pts = _check_points(points, dtype, device)
+    pos = _check_positions(positions, len(z), dtype, device)
+    coef = _check_coefficients(basis, z, coefficients, dtype, device)
+    cell_np = np.asarray(torch.as_tensor(cell).detach().cpu(), dtype=np.float64).reshape(3, 3)
+    if not np.all(np.isfinite(cell_np)) or abs(np.linalg.det(cell_np)) < 1e-6:
+        raise InputError("evaluate_density_periodic: the cell must be finite with non-zero volume")
+    pts_np = pts.detach().cpu().numpy().astype(np.float64)
+    pos_np = pos.detach().cpu().numpy().astype(np.float64)
+    zs = sorted(set(z.tolist()))
+    reach = {zz: float(shell_radii(basis, zz, threshold).max()) for zz in zs}
+    img_z, img_pos, home = lattice_image_atoms(z, pos_np, cell_np, pts_np, reach)
+    off = basis.layout(z)
+    idx = np.concatenate([np.arange(off[h], off[h + 1]) for h in home])
+    coef_img = coef[torch.as_tensor(idx, device=coef.device)]
+    img_pos_t = torch.as_tensor(img_pos, dtype=dtype, device=device)
+    rho = evaluate_density(basis, img_z, img_pos_t, coef_img, pts, chunk_size=chunk_size,
+                           threshold=threshold)
+    if saed is not None:
+        cut = {zz: float(saed.cutoff(zz)) for zz in zs}
+        s_z, s_pos, _ = lattice_image_atoms(z, pos_np, cell_np, pts_np, cut)
+        rho = rho + _saed_values(saed, s_z, torch.as_tensor(s_pos, dtype=dtype, device=device), pts)
+    return rho
+
+
+def saed_periodic(saed, numbers, positions, cell, points) -> np.ndarray:
+    """The lattice-summed SAED prior of a fully periodic structure at ``points`` (numpy).
+
+    Images within each element's SAED cutoff radius of the points are included (see
+    :func:`lattice_image_atoms`); positions, cell and points in bohr, result in e/bohr^3.
+    """
+    z = _numbers_np(numbers)
+    pos = np.asarray(positions, dtype=np.float64).reshape(len(z), 3)
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    cut = {zz: float(saed.cutoff(zz)) for zz in set(z.tolist())}
+    s_z, s_pos, _ = lattice_image_atoms(z, pos, cell, pts, cut)
+    return saed.evaluate(s_z, s_pos, pts)

@@ -822,7 +822,7 @@ def fit_grid_file(path: str, basis: str, out: str, *, fmt: str | None = None, pb
                   structure=None, difference: bool = False, xc: str = "pbe",
                   ref_basis: str = "def2-svp", electrons=None, charge: int = 0, spin: int | None = None,
                   rcond: float = DEFAULT_RCOND, device=None, overwrite: bool = False,
-                  cache_dir: str | None = None) -> tuple[GridFitResult, dict]:
+                  cache_dir: str | None = None, pseudo: str | None = None) -> tuple[GridFitResult, dict]:
     """Read a grid file, fit it, and write a one-structure coefficient dataset ``out``.
 
     Parameters
@@ -846,6 +846,10 @@ def fit_grid_file(path: str, basis: str, out: str, *, fmt: str | None = None, pb
         all-electron densities; a VASP valence density needs NELECT).
     charge, spin : int
         Recorded with the structure (spin defaults to the lowest for the electron count).
+    pseudo : str, optional
+        GTH pseudopotential of the SAED atoms (valence densities of GTH references; see
+        :func:`densitylearn.saed.load_saed`); ``electrons='auto'`` then counts valence
+        electrons.
 
     Returns
     -------
@@ -867,6 +871,10 @@ def fit_grid_file(path: str, basis: str, out: str, *, fmt: str | None = None, pb
                 electrons = float(electrons)
             except ValueError:
                 raise InputError(f"--electrons expects a number or 'auto', got {electrons!r}") from None
+        elif pseudo:
+            from .saed import valence_electrons
+
+            electrons = float(sum(valence_electrons(int(z), pseudo) for z in struct.numbers) - struct.charge)
         else:
             electrons = float(struct.n_electrons)
     if electrons is not None and not (np.isfinite(electrons) and electrons > 0):
@@ -879,7 +887,8 @@ def fit_grid_file(path: str, basis: str, out: str, *, fmt: str | None = None, pb
         if difference:
             from .saed import load_saed
 
-            saed = load_saed(sorted(set(grid.numbers.tolist())), xc=xc, basis=ref_basis, cache_dir=cache_dir)
+            saed = load_saed(sorted(set(grid.numbers.tolist())), xc=xc, basis=ref_basis, cache_dir=cache_dir,
+                             pseudo=pseudo)
     except DensityLearnError as exc:
         raise type(exc)(f"{path}: {' '.join(str(exc).split())}") from None  # one line
     fit = fit_grid(grid, aux, saed=saed, electrons=electrons, rcond=rcond, device=device)
@@ -891,7 +900,7 @@ def fit_grid_file(path: str, basis: str, out: str, *, fmt: str | None = None, pb
                                "grid_shape": json.dumps(list(grid.shape)),
                                "grid_pbc": json.dumps(grid.pbc.tolist()),
                                "eps_mae_meaning": "relative L1 residual on the input uniform grid, percent",
-                               "rcond": float(rcond)})
+                               "rcond": float(rcond), **({"pseudo": str(pseudo).lower()} if pseudo else {})})
     rec = {"numbers": struct.numbers, "positions": struct.positions, "cell": struct.cell, "pbc": struct.pbc,
            "charge": struct.charge, "spin": struct.spin, "name": struct.name,
            "source": f"{grid.fmt}:{os.path.abspath(path)}", "coef_total": fit.total,

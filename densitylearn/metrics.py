@@ -40,21 +40,30 @@ def relative_gain(eps_tcd, eps_dcd):
     return (eps_tcd - np.asarray(eps_dcd, dtype=np.float64)) / eps_tcd
 
 
-def reference_density(mol, dm, points, block: int = 16384) -> np.ndarray:
+def reference_density(mol, dm, points, block: int = 16384, kpts=None) -> np.ndarray:
     """Density of an orbital-basis density matrix at points (PySCF), shape (n_points,).
 
     Parameters
     ----------
-    mol : pyscf.gto.Mole
-    dm : ndarray, shape (nao, nao)
-        Spin-summed density matrix.
+    mol : pyscf.gto.Mole or pyscf.pbc.gto.Cell
+        For a Cell the atomic orbitals are lattice sums (Bloch functions at ``kpts``).
+    dm : ndarray, shape (nao, nao), or (n_k, nao, nao) for a Cell
+        Spin-summed density matrix (per k-point for a Cell; the density is their average).
     points : ndarray, shape (n_points, 3)
         Bohr.
+    kpts : ndarray, shape (n_k, 3), optional
+        k-points of a Cell's density matrices (bohr^-1); default: the ones
+        :func:`densitylearn.reference.load_reference` recorded on the Cell, else gamma.
     """
+    points = np.asarray(points, dtype=np.float64)
+    if hasattr(mol, "lattice_vectors"):  # a pyscf.pbc Cell
+        from .reference import cell_density
+
+        return cell_density(mol, dm, points, kpts=kpts, block=block)
     from pyscf.dft import numint
 
-    points = np.asarray(points, dtype=np.float64)
     out = np.empty(len(points))
+
     for i in range(0, len(points), block):
         ao = numint.eval_ao(mol, points[i:i + block])
         out[i:i + block] = numint.eval_rho(mol, ao, dm, xctype="LDA")

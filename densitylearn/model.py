@@ -18,11 +18,17 @@ Every step is equivariant: the normalisation scale is constant over the 2l+1 com
 a shell and the mean and the constraint only touch l = 0 functions (q_P = int chi_P is zero
 for l > 0).
 
-Electron-count target: N = sum Z - charge for the total density ('total'); -charge for
-the Delta-SAED difference density ('difference'), whose SAED prior carries sum Z electrons.
+Electron-count target: N = sum Z - charge for the total density ('total'), or the batch's
+``N_ELECTRONS`` when it has them (valence counts of pseudopotential references); -charge
+for the Delta-SAED difference density ('difference'), whose SAED prior carries the neutral
+atoms' electrons (sum Z, or the valence counts for pseudo-atoms).
 The correction is the smallest change of the *normalised* output y that meets the count:
 c += w * (N - q.c) / (q.w) per structure, with w_P = q_P scale_P^2 (w = q before
 normalisation has been fitted, i.e. with unit scales).
+
+Periodic structures: edges reach periodic images (:func:`densitylearn.graph.build_edges`)
+and edge vectors include the lattice shift, so a crystal's coefficients are those of its
+home atoms, invariant under lattice translations and the choice of supercell.
 
 Outputs (a dict, keys from :mod:`densitylearn.graph`): ``COEFFICIENTS`` (sum n_functions,)
 PySCF order, concatenated per structure exactly like ``TARGET_COEFFICIENTS`` of a batch,
@@ -437,8 +443,6 @@ class DensityModel(torch.nn.Module):
         n_at = numbers.shape[0]
         if n_at == 0:
             raise InputError("model: empty batch")
-        if G.PBC in batch and bool(torch.as_tensor(batch[G.PBC]).any()):
-            raise InputError("model: periodic structures are not supported yet (molecules only)")
         if bool(((numbers < 0) | (numbers >= _MAX_Z)).any()):
             raise InputError(f"model: invalid atomic numbers {numbers.unique().tolist()}")
         species = self.species_of_z[numbers]
@@ -457,16 +461,22 @@ class DensityModel(torch.nn.Module):
             n_struct = 1
         n_atoms = torch.bincount(struct, minlength=n_struct)
 
+        periodic = G.PBC in batch and bool(torch.as_tensor(batch[G.PBC]).any())
+        cell = batch[G.CELL].to(device=dev) if G.CELL in batch else None
         if G.EDGE_INDEX in batch:
             if G.EDGE_CUTOFF in batch and float(batch[G.EDGE_CUTOFF]) < self.config.cutoff - 1e-9:
                 raise InputError(f"model: batch edges built with cutoff {float(batch[G.EDGE_CUTOFF])} bohr, "
                                  f"the model needs {self.config.cutoff}")
+            if periodic and G.EDGE_SHIFT not in batch:
+                raise InputError("model: periodic batch with edges but no lattice shifts (edge_shift)")
             edge_index = batch[G.EDGE_INDEX].to(device=dev, dtype=torch.long)
+            shift = batch[G.EDGE_SHIFT].to(device=dev, dtype=torch.long) if G.EDGE_SHIFT in batch else None
         else:
-            edge_index = G.neighbour_list(pos, struct, n_atoms, self.config.cutoff)
+            edge_index, shift = G.build_edges(pos, struct, n_atoms, self.config.cutoff, cell=cell,
+                                              pbc=batch.get(G.PBC))
         centre, neighbour = edge_index[0], edge_index[1]
-        # differences in the batch's precision, then the model's dtype
-        vec = (pos[neighbour] - pos[centre]).to(dtype)
+        # differences (plus lattice shifts) in the batch's precision, then the model's dtype
+        vec = G.edge_vectors(pos, edge_index, shift, cell, struct).to(dtype)
         r = vec.norm(dim=-1)
         radial = bessel_basis(r, self.config.cutoff, self.config.num_radial) \
             * polynomial_envelope(r, self.config.cutoff, self.config.envelope_p)[:, None]
@@ -506,6 +516,9 @@ class DensityModel(torch.nn.Module):
             charge = batch[G.CHARGE].to(device=dev, dtype=dtype) if G.CHARGE in batch \
                 else torch.zeros(n_struct, dtype=dtype, device=dev)
             count = self.electron_target(numbers, struct, n_struct, charge)
+            if self.target == "total" and G.N_ELECTRONS in batch:
+                # the batch's own counts (valence electrons of pseudopotential references)
+                count = batch[G.N_ELECTRONS].to(device=dev, dtype=dtype)
             qc = torch.zeros(n_struct, dtype=dtype, device=dev).index_add(0, fun_struct, q * c)
             qw = torch.zeros(n_struct, dtype=dtype, device=dev).index_add_(0, fun_struct, q * w)
             c = c + w * ((count - qc) / qw)[fun_struct]
@@ -530,10 +543,17 @@ class DensityModel(torch.nn.Module):
             0, struct, numbers.to(charge.dtype))
         return zsum - charge
 
-    def predict(self, numbers, positions, charge: float = 0.0) -> torch.Tensor:
-        """Coefficients (PySCF order) of one molecule; positions in bohr."""
+    def predict(self, numbers, positions, charge: float = 0.0, cell=None,
+                n_electrons: float | None = None) -> torch.Tensor:
+        """Coefficients (PySCF order) of one structure; positions (and ``cell``, lattice
+        vectors as rows, making it fully periodic) in bohr. ``n_electrons`` overrides the
+        total-density electron count (valence electrons of pseudopotential references)."""
         rec = {"numbers": np.asarray(numbers), "positions": np.asarray(positions, dtype=np.float64),
                "charge": charge}
+        if cell is not None:
+            rec.update(cell=np.asarray(cell, dtype=np.float64), pbc=np.ones(3, dtype=bool))
+        if n_electrons is not None:
+            rec["n_electrons"] = float(n_electrons)
         for z in rec["numbers"]:
             self._species_index(int(z))
         return self(G.collate([rec], self.basis))[G.COEFFICIENTS]

@@ -36,10 +36,14 @@ class FitSettings:
     constrain: bool = True
     floor_grid_level: int = 3  # -1: do not compute fitting floors
     xc: str | None = None  # overrides / supplies the functional when chkfiles lack it
+    periodic_rcond: float = 1e-10  # eigenvalue cut of grid fits of periodic chkfiles (gridfit.DEFAULT_RCOND)
 
     def key(self) -> str:
         """Fingerprint of the settings that shape a part file's numbers."""
-        payload = json.dumps([self.auxbasis, self.metric, self.constrain, self.floor_grid_level, self.xc])
+        fields = [self.auxbasis, self.metric, self.constrain, self.floor_grid_level, self.xc]
+        if self.periodic_rcond != 1e-10:  # the default leaves the keys of existing parts unchanged
+            fields.append(self.periodic_rcond)
+        payload = json.dumps(fields)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -65,6 +69,8 @@ def fit_one(chk: str, settings: FitSettings, cache_dir: str | None = None) -> di
     if not ref.basis:
         raise InputError(f"{chk}: the chkfile does not name its orbital basis (given as explicit "
                          "shells); recompute it with densitylearn compute")
+    if ref.is_periodic:
+        return _fit_periodic(chk, ref, xc, settings, cache_dir)
     numbers = ref.structure.numbers
     basis = AuxBasis.load(settings.auxbasis, numbers, orbital_basis=ref.basis)
     saed = load_saed(sorted(set(numbers.tolist())), xc=xc, basis=ref.basis, cache_dir=cache_dir)
@@ -83,7 +89,44 @@ def fit_one(chk: str, settings: FitSettings, cache_dir: str | None = None) -> di
             "eps_mae_total": eps_t, "eps_mae_difference": eps_d,
             "coef_total": fit.total, "coef_saed": fit.saed, "name": s.name,
             "source": os.path.abspath(chk), "xc": xc, "orbital_basis": ref.basis,
-            "grid_level": ref.grid_level, "basis_hash": basis.hash, "saed_hash": saed.hash}
+            "grid_level": ref.grid_level, "basis_hash": basis.hash, "saed_hash": saed.hash,
+            "pseudo": ""}
+
+
+def _fit_periodic(chk: str, ref, xc: str, settings: FitSettings, cache_dir) -> dict:
+    """Fit a periodic reference on its FFT mesh (see :func:`fit_one`).
+
+    The valence density of the density matrices (k-point average) is evaluated on the
+    SCF's uniform FFT mesh and fitted by :func:`densitylearn.gridfit.fit_grid`: weighted
+    least squares with lattice-summed auxiliary functions (an overlap-metric fit by
+    quadrature; ``settings.metric`` does not apply), constrained to the valence electron
+    count when ``settings.constrain``; the difference density uses the SAED of
+    pseudo-atoms with the reference's pseudopotential, lattice-summed as well. The
+    fitting floors are the relative L1 residuals on the same mesh (percent).
+    """
+    from .gridfit import GridDensity, fit_grid
+    from .reference import periodic_density_on_mesh
+    from .saed import load_saed
+
+    s = ref.structure
+    numbers = s.numbers
+    basis = AuxBasis.load(settings.auxbasis, numbers, orbital_basis=ref.basis)
+    saed = load_saed(sorted(set(numbers.tolist())), xc=xc, basis=ref.basis, cache_dir=cache_dir,
+                     pseudo=ref.pseudo or None)
+    values, axes = periodic_density_on_mesh(ref)
+    grid = GridDensity(numbers=numbers, positions=s.positions, origin=np.zeros(3), axes=axes,
+                       values=values, pbc=np.ones(3, dtype=bool), path=chk, fmt="chkfile")
+    n_elec = float(ref.mol.nelectron)
+    fit = fit_grid(grid, basis, saed=saed, electrons=n_elec if settings.constrain else None,
+                   rcond=settings.periodic_rcond)
+    return {"numbers": s.numbers, "positions": s.positions, "cell": s.cell, "pbc": s.pbc,
+            "charge": s.charge, "spin": s.spin, "energy": ref.e_tot,
+            "eps_mae_total": fit.residual_total.l1_percent,
+            "eps_mae_difference": fit.residual_difference.l1_percent,
+            "coef_total": fit.total, "coef_saed": fit.total - fit.difference, "name": s.name,
+            "source": os.path.abspath(chk), "xc": xc, "orbital_basis": ref.basis,
+            "grid_level": ref.grid_level, "basis_hash": basis.hash, "saed_hash": saed.hash,
+            "pseudo": ref.pseudo}
 
 
 def _write_part(path: str, rec: dict, key: str) -> None:
@@ -97,7 +140,8 @@ def _write_part(path: str, rec: dict, key: str) -> None:
 def _read_part(path: str) -> dict:
     with np.load(path, allow_pickle=False) as z:
         out = {k: z[k] for k in z.files}
-    for k in ("name", "source", "xc", "orbital_basis", "basis_hash", "saed_hash", "settings_key"):
+    out["pseudo"] = out.get("pseudo", "")
+    for k in ("name", "source", "xc", "orbital_basis", "basis_hash", "saed_hash", "settings_key", "pseudo"):
         out[k] = str(out[k])
     for k in ("charge", "spin", "grid_level"):
         out[k] = int(out[k])
@@ -198,7 +242,7 @@ def fit_basis(chks, out: str, settings: FitSettings = FitSettings(), workers: in
         if r["settings_key"] != settings.key():
             raise MismatchError(f"{parts_dir}: {os.path.basename(r['source'])} was fitted with other "
                                 f"settings; delete {parts_dir} or use the original options")
-        for k in ("xc", "orbital_basis"):
+        for k in ("xc", "orbital_basis", "pseudo"):
             if r[k] != ref[k]:
                 raise MismatchError(f"{r['source']}: {k} {r[k]!r} differs from {ref['source']} "
                                     f"({ref[k]!r}); all chkfiles of one dataset need the same settings")
@@ -210,11 +254,23 @@ def fit_basis(chks, out: str, settings: FitSettings = FitSettings(), workers: in
                                 f"delete {parts_dir} to refit")
     from .saed import load_saed
 
-    saed = load_saed(elements, xc=ref["xc"], basis=ref["orbital_basis"], cache_dir=cache_dir)
+    periodic = bool(np.asarray(ref["pbc"]).any())
+    if any(bool(np.asarray(r["pbc"]).any()) != periodic for r in records):
+        raise MismatchError("fit-basis: molecules and periodic cells cannot share one dataset "
+                            "(different fits and electron counts); fit them into separate files")
+    saed = load_saed(elements, xc=ref["xc"], basis=ref["orbital_basis"], cache_dir=cache_dir,
+                     pseudo=ref["pseudo"] or None)
+    extra = {"floor_grid_level": settings.floor_grid_level}
+    if periodic:
+        extra = {"pseudo": ref["pseudo"], "floor_grid_level": -1,
+                 "eps_mae_meaning": "relative L1 residual on the SCF's uniform FFT mesh, percent",
+                 "periodic_fit": "grid least squares on the FFT mesh, lattice-summed functions",
+                 "rcond": float(settings.periodic_rcond)}
     attrs = make_header(basis, kind="fit", targets=("total", "saed"), saed=saed,
-                        metric=settings.metric, constrained=settings.constrain, xc=ref["xc"],
+                        metric="grid-l2" if periodic else settings.metric,
+                        constrained=settings.constrain, xc=ref["xc"],
                         orbital_basis=ref["orbital_basis"], grid_level=ref["grid_level"],
-                        extra={"floor_grid_level": settings.floor_grid_level})
+                        extra=extra)
     n = write_dataset(out, attrs, records)
     shutil.rmtree(parts_dir, ignore_errors=True)
     summary = CoefficientDataset(out).summary()

@@ -4,6 +4,11 @@ The reference level of the benchmark is PBE/def2-SVP on a level-3 Becke grid wit
 defaults otherwise (DESIGN section 5): restricted KS for closed shells (``spin == 0``),
 unrestricted KS for open shells.
 
+Periodic structures (all three pbc flags) run :mod:`pyscf.pbc.dft` restricted KS with GTH
+pseudopotentials (gth-dzvp / gth-pbe / PBE by default) at the gamma point or on a k-point
+mesh; their chkfiles add the settings :data:`PERIODIC_SETTINGS_KEYS` and the lattice, and
+:func:`load_reference` returns per-k-point density matrices (:attr:`Reference.kpts`).
+
 Three layers:
 
 - :func:`run_reference` runs one SCF and returns a dict of plain results.
@@ -44,12 +49,23 @@ SETTINGS_KEYS = ("xc", "basis", "grid_level", "conv_tol", "max_cycle", "restrict
                  "charge", "spin", "device", "densitylearn_version", "pyscf_version",
                  "created")
 
+#: Extra attributes of periodic chkfiles: ``pseudo`` (PySCF name), ``kmesh`` (JSON list of
+#: 3 ints, [1, 1, 1] = gamma point), ``ke_cutoff`` (hartree, -1 for PySCF's default) and
+#: ``mesh`` (JSON list, the FFT mesh used); the lattice is the dataset
+#: :data:`densitylearn.structure.CHK_CELL_DATASET` (bohr).
+PERIODIC_SETTINGS_KEYS = ("pseudo", "kmesh", "ke_cutoff", "mesh")
+
 #: Default settings (the benchmark reference level).
 DEFAULT_XC = "pbe"
 DEFAULT_BASIS = "def2-svp"
 DEFAULT_GRID_LEVEL = 3
 DEFAULT_CONV_TOL = 1e-9      # PySCF's default
 DEFAULT_MAX_CYCLE = 50       # PySCF's default
+
+#: Defaults for periodic structures (pyscf.pbc, GTH pseudopotentials, PBE).
+DEFAULT_PERIODIC_BASIS = "gth-dzvp"
+DEFAULT_PSEUDO = "gth-pbe"
+DEFAULT_KMESH = (1, 1, 1)
 
 #: Suffix of the file an unconverged SCF is kept under, for inspection.
 UNCONVERGED_SUFFIX = ".unconverged.chk"
@@ -77,6 +93,12 @@ class Reference:
         Whether the SCF converged (None for plain PySCF chkfiles, which do not record it).
     path : str
         The chkfile read.
+    kpts : ndarray, shape (n_k, 3), or None
+        Periodic references: the k-points (bohr^-1, absolute); ``dm`` then has shape
+        (n_k, nao, nao) (complex) and ``mol`` is a :class:`pyscf.pbc.gto.Cell`. None for
+        molecules.
+    pseudo : str
+        Pseudopotential of a periodic reference ('' for all-electron molecules).
     """
 
     structure: Structure
@@ -88,6 +110,12 @@ class Reference:
     grid_level: int
     converged: bool | None
     path: str
+    kpts: np.ndarray | None = None
+    pseudo: str = ""
+
+    @property
+    def is_periodic(self) -> bool:
+        return self.kpts is not None
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -142,8 +170,9 @@ def validate_structure(structure: Structure) -> None:
     Raises :class:`InputError` naming the structure (its source gives file and frame).
     """
     where = f"{structure.source}: {structure.name}" if structure.source else structure.label
-    if structure.is_periodic:
-        raise InputError(f"{where}: periodic structures are not supported by compute yet")
+    if structure.is_periodic and structure.spin != 0:
+        raise InputError(f"{where}: open-shell cells (2S={structure.spin}) are not supported; "
+                         "periodic references are restricted Kohn-Sham")
     if not structure.name:
         raise InputError(f"{where}: structure has no name to name its chkfile")
     if os.sep in structure.name or structure.name.startswith("."):
@@ -151,6 +180,42 @@ def validate_structure(structure: Structure) -> None:
     if structure.spin > structure.n_electrons:
         raise InputError(f"{where}: spin 2S={structure.spin} is impossible with "
                          f"{structure.n_electrons} electrons")
+
+
+def default_basis(structure: Structure, basis: str | None) -> str:
+    """``basis``, or the default for the structure's kind (def2-svp / gth-dzvp) when None."""
+    if basis:
+        return basis
+    return DEFAULT_PERIODIC_BASIS if structure.is_periodic else DEFAULT_BASIS
+
+
+def parse_kmesh(text) -> tuple[int, int, int]:
+    """``"2,2,2"`` (or a sequence of 3 ints) -> (2, 2, 2); InputError unless 3 positive ints."""
+    try:
+        if isinstance(text, str):
+            vals = tuple(int(x) for x in text.replace("x", ",").split(","))
+        else:
+            vals = tuple(int(x) for x in text)
+    except (TypeError, ValueError):
+        raise InputError(f"k-point mesh must be three positive integers like 2,2,2, got {text!r}") from None
+    if len(vals) != 3 or min(vals) < 1:
+        raise InputError(f"k-point mesh must be three positive integers like 2,2,2, got {text!r}")
+    return vals
+
+
+def check_pseudo(pseudo: str, numbers) -> None:
+    """Raise :class:`InputError` unless the pseudopotential ``pseudo`` covers every element."""
+    from ase.data import chemical_symbols
+    from pyscf.pbc.gto import pseudo as pbc_pseudo
+
+    for z in sorted(set(int(z) for z in numbers)):
+        try:
+            p = pbc_pseudo.load(pseudo, chemical_symbols[z])
+        except Exception as exc:
+            raise InputError(f"pseudopotential {pseudo!r} is not available for {chemical_symbols[z]} "
+                             f"({type(exc).__name__})") from None
+        if not p:
+            raise InputError(f"pseudopotential {pseudo!r} is not available for {chemical_symbols[z]}")
 
 
 def _device_check(device: str) -> None:
@@ -165,21 +230,27 @@ def _device_check(device: str) -> None:
 
 
 # ---------------------------------------------------------------------------- one SCF
-def run_reference(structure: Structure, xc: str = DEFAULT_XC, basis: str = DEFAULT_BASIS,
+def run_reference(structure: Structure, xc: str = DEFAULT_XC, basis: str | None = DEFAULT_BASIS,
                   grid_level: int = DEFAULT_GRID_LEVEL, conv_tol: float = DEFAULT_CONV_TOL,
                   max_cycle: int = DEFAULT_MAX_CYCLE, device: str = "cpu",
                   chkfile: str | None = None, verbose: int = 0,
-                  return_objects: bool = False) -> dict:
-    """Run one Kohn-Sham SCF for a molecule.
+                  return_objects: bool = False, pseudo: str = DEFAULT_PSEUDO,
+                  kmesh=DEFAULT_KMESH, ke_cutoff: float | None = None) -> dict:
+    """Run one Kohn-Sham SCF for a molecule or a crystal.
 
-    Restricted KS when ``structure.spin == 0``, unrestricted otherwise.
+    Molecules: restricted KS when ``structure.spin == 0``, unrestricted otherwise.
+    Crystals (``structure.is_periodic``): :mod:`pyscf.pbc.dft` restricted KS with the
+    pseudopotential ``pseudo``, at the gamma point (``RKS``) when ``kmesh`` is (1, 1, 1),
+    else ``KRKS`` on the Monkhorst-Pack mesh ``kmesh`` (gamma-centred, PySCF's
+    ``cell.make_kpts``); densities on PySCF's FFT mesh (``ke_cutoff``).
 
     Parameters
     ----------
     structure : Structure
-        A molecule (positions in bohr); periodic structures raise :class:`InputError`.
+        A molecule or a fully periodic cell (positions and cell in bohr).
     xc, basis : str
-        Functional (libxc name) and orbital basis (PySCF name).
+        Functional (libxc name) and orbital basis (PySCF name); basis None picks
+        def2-svp for molecules, gth-dzvp for cells.
     grid_level : int
         PySCF Becke grid level (0..9).
     conv_tol : float
@@ -193,16 +264,30 @@ def run_reference(structure: Structure, xc: str = DEFAULT_XC, basis: str = DEFAU
         The densitylearn settings group is NOT added here (see :func:`write_settings`).
     return_objects : bool
         Also return the Mole and the SCF object under keys 'mol' and 'mf'.
+    pseudo : str
+        Pseudopotential of periodic structures (ignored for molecules).
+    kmesh : sequence of 3 int
+        k-point mesh of periodic structures (ignored for molecules).
+    ke_cutoff : float, optional
+        Kinetic-energy cutoff (hartree) of the FFT mesh of periodic structures; PySCF's
+        default (from the basis and its precision) when None.
 
     Returns
     -------
     dict
         ``e_tot`` (hartree), ``converged``, ``n_cycles``, ``wall_time_s``, ``restricted``,
         ``xc``, ``basis``, ``grid_level``, ``conv_tol``, ``max_cycle``, ``device``, ``nao``;
-        plus ``mol`` and ``mf`` when ``return_objects``.
+        periodic runs add ``pseudo``, ``kmesh``, ``ke_cutoff``, ``mesh``; plus ``mol`` and
+        ``mf`` when ``return_objects``.
     """
     validate_structure(structure)
     _device_check(device)
+    basis = default_basis(structure, basis)
+    if structure.is_periodic:
+        return _run_periodic(structure, xc=xc, basis=basis, pseudo=pseudo, kmesh=kmesh,
+                             ke_cutoff=ke_cutoff, conv_tol=conv_tol, max_cycle=max_cycle,
+                             device=device, chkfile=chkfile, verbose=verbose,
+                             return_objects=return_objects, grid_level=grid_level)
     from pyscf import dft
 
     t0 = time.perf_counter()
@@ -239,6 +324,41 @@ def run_reference(structure: Structure, xc: str = DEFAULT_XC, basis: str = DEFAU
     return out
 
 
+def _run_periodic(structure: Structure, xc: str, basis: str, pseudo: str, kmesh, ke_cutoff,
+                  conv_tol: float, max_cycle: int, device: str, chkfile, verbose: int,
+                  return_objects: bool, grid_level: int) -> dict:
+    """The periodic branch of :func:`run_reference` (see there)."""
+    if device != "cpu":
+        raise InputError(f"{structure.label}: periodic references run on the CPU only (--device cpu)")
+    kmesh = parse_kmesh(kmesh)
+    from pyscf.pbc import dft as pbcdft
+
+    t0 = time.perf_counter()
+    cell = structure.to_pyscf_cell(basis=basis, pseudo=pseudo, ke_cutoff=ke_cutoff, verbose=verbose)
+    if tuple(kmesh) == (1, 1, 1):
+        mf = pbcdft.RKS(cell)
+    else:
+        mf = pbcdft.KRKS(cell, cell.make_kpts(list(kmesh)))
+    mf.xc = xc
+    mf.conv_tol = float(conv_tol)
+    mf.max_cycle = int(max_cycle)
+    mf.verbose = verbose
+    mf.chkfile = chkfile if chkfile else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mf.kernel()
+    out = dict(e_tot=float(mf.e_tot), converged=bool(mf.converged),
+               n_cycles=int(getattr(mf, "cycles", -1)), wall_time_s=time.perf_counter() - t0,
+               restricted=True, xc=_norm_xc(xc), basis=str(basis).lower(),
+               grid_level=int(grid_level), conv_tol=float(conv_tol), max_cycle=int(max_cycle),
+               device=device, nao=int(cell.nao), pseudo=str(pseudo).lower() if pseudo else "",
+               kmesh=list(kmesh), ke_cutoff=float(ke_cutoff) if ke_cutoff is not None else -1.0,
+               mesh=[int(m) for m in cell.mesh])
+    if return_objects:
+        out.update(mol=cell, mf=mf)
+    return out
+
+
 def write_settings(path: str, structure: Structure, result: dict) -> None:
     """Write the :data:`CHK_GROUP` attributes of a chkfile from a :func:`run_reference` result."""
     import datetime
@@ -257,12 +377,20 @@ def write_settings(path: str, structure: Structure, result: dict) -> None:
                  device=result["device"], densitylearn_version=__version__,
                  pyscf_version=pyscf.__version__,
                  created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    if structure.is_periodic:
+        attrs.update(pseudo=result.get("pseudo", ""), kmesh=json.dumps(list(result["kmesh"])),
+                     ke_cutoff=float(result.get("ke_cutoff", -1.0)),
+                     mesh=json.dumps([int(m) for m in result["mesh"]]))
+    from .structure import CHK_CELL_DATASET
+
     with h5py.File(path, "a") as f:
         if CHK_GROUP in f:
             del f[CHK_GROUP]
         g = f.create_group(CHK_GROUP)
         for k, v in attrs.items():
             g.attrs[k] = v
+        if structure.is_periodic:
+            f[CHK_CELL_DATASET] = np.asarray(structure.cell, dtype=np.float64)
 
 
 def read_settings(path: str) -> dict:
@@ -290,10 +418,14 @@ def read_settings(path: str) -> dict:
 
 
 def compute_one(structure: Structure, out_dir: str, xc: str = DEFAULT_XC,
-                basis: str = DEFAULT_BASIS, grid_level: int = DEFAULT_GRID_LEVEL,
+                basis: str | None = DEFAULT_BASIS, grid_level: int = DEFAULT_GRID_LEVEL,
                 conv_tol: float = DEFAULT_CONV_TOL, max_cycle: int = DEFAULT_MAX_CYCLE,
-                device: str = "cpu") -> dict:
+                device: str = "cpu", pseudo: str = DEFAULT_PSEUDO, kmesh=DEFAULT_KMESH,
+                ke_cutoff: float | None = None) -> dict:
     """Compute one structure into ``out_dir/<name>.chk`` crash-safely.
+
+    ``pseudo``, ``kmesh`` and ``ke_cutoff`` apply to periodic structures (see
+    :func:`run_reference`); ``basis`` None picks the default for the structure's kind.
 
     PySCF writes into a temporary chkfile in ``out_dir``; the settings group is added, the
     file is fsynced and renamed with :func:`os.replace` to the final name when the SCF
@@ -313,7 +445,8 @@ def compute_one(structure: Structure, out_dir: str, xc: str = DEFAULT_XC,
     os.remove(tmp)  # PySCF creates it as HDF5; an empty file would only confuse is_hdf5
     try:
         res = run_reference(structure, xc=xc, basis=basis, grid_level=grid_level,
-                            conv_tol=conv_tol, max_cycle=max_cycle, device=device, chkfile=tmp)
+                            conv_tol=conv_tol, max_cycle=max_cycle, device=device, chkfile=tmp,
+                            pseudo=pseudo, kmesh=kmesh, ke_cutoff=ke_cutoff)
         write_settings(tmp, structure, res)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
@@ -328,8 +461,9 @@ def compute_one(structure: Structure, out_dir: str, xc: str = DEFAULT_XC,
 
 
 # ---------------------------------------------------------------------------- many SCFs
-def _existing_mismatch(path: str, structure: Structure, xc: str, basis: str,
-                       grid_level: int) -> str | None:
+def _existing_mismatch(path: str, structure: Structure, xc: str, basis: str | None,
+                       grid_level: int, pseudo: str = DEFAULT_PSEUDO, kmesh=DEFAULT_KMESH,
+                       ke_cutoff: float | None = None) -> str | None:
     """Why the existing chkfile ``path`` does not match the request (None if it does)."""
     from .structure import structure_from_chk
 
@@ -340,11 +474,24 @@ def _existing_mismatch(path: str, structure: Structure, xc: str, basis: str,
     if not s:
         return "not written by densitylearn compute"
     diffs = []
+    basis = default_basis(structure, basis)
     if _norm_xc(s.get("xc", "")) != _norm_xc(xc):
         diffs.append(f"xc={s.get('xc')}")
     if _norm_basis(s.get("basis", "")) != _norm_basis(basis):
         diffs.append(f"basis={s.get('basis')}")
-    if int(s.get("grid_level", -1)) != int(grid_level):
+    if structure.is_periodic:
+        if _norm_basis(s.get("pseudo", "")) != _norm_basis(pseudo or ""):
+            diffs.append(f"pseudo={s.get('pseudo')}")
+        try:
+            old_kmesh = tuple(json.loads(s.get("kmesh", "[]")))
+        except ValueError:
+            old_kmesh = ()
+        if old_kmesh != tuple(parse_kmesh(kmesh)):
+            diffs.append(f"k-mesh {s.get('kmesh')}")
+        want = float(ke_cutoff) if ke_cutoff is not None else -1.0
+        if abs(float(s.get("ke_cutoff", -2.0)) - want) > 1e-9:
+            diffs.append(f"ke_cutoff {s.get('ke_cutoff')}")
+    elif int(s.get("grid_level", -1)) != int(grid_level):
         diffs.append(f"grid level {s.get('grid_level')}")
     try:
         old = structure_from_chk(path)
@@ -357,28 +504,40 @@ def _existing_mismatch(path: str, structure: Structure, xc: str, basis: str,
     return ", ".join(diffs) or None
 
 
-def prepare_structures(structures, xc: str = DEFAULT_XC, basis: str = DEFAULT_BASIS,
-                       device: str = "cpu") -> list[Structure]:
+def prepare_structures(structures, xc: str = DEFAULT_XC, basis: str | None = DEFAULT_BASIS,
+                       device: str = "cpu", pseudo: str = DEFAULT_PSEUDO,
+                       kmesh=DEFAULT_KMESH) -> list[Structure]:
     """Validate a whole request before any SCF runs.
 
     Checks every structure (:func:`validate_structure`), that names are unique (they name
-    the chkfiles), the functional, the basis for every element present and the device.
-    Raises :class:`InputError` at the first problem, naming file and structure.
+    the chkfiles), the functional, the basis for every element present (per kind of
+    structure when ``basis`` is None), the pseudopotential and k-mesh of periodic ones, and
+    the device. Raises :class:`InputError` at the first problem, naming file and structure.
     """
     structures = list(structures)
     if not structures:
         raise InputError("no structures to compute")
     seen: dict[str, Structure] = {}
-    elements: set[int] = set()
+    elements: dict[str, set[int]] = {}
+    periodic: set[int] = set()
     for s in structures:
         validate_structure(s)
         if s.name in seen:
             raise InputError(f"two structures are named {s.name!r} ({seen[s.name].source} and "
                              f"{s.source}); their chkfiles would collide, rename one input")
         seen[s.name] = s
-        elements.update(int(z) for z in s.numbers)
+        elements.setdefault(default_basis(s, basis), set()).update(int(z) for z in s.numbers)
+        if s.is_periodic:
+            periodic.update(int(z) for z in s.numbers)
     check_xc(xc)
-    check_basis(basis, sorted(elements))
+    for name, zs in elements.items():
+        check_basis(name, sorted(zs))
+    if periodic:
+        parse_kmesh(kmesh)
+        if pseudo:
+            check_pseudo(pseudo, sorted(periodic))
+        if device != "cpu":
+            raise InputError("periodic references run on the CPU only (--device cpu)")
     _device_check(device)
     return structures
 
@@ -421,10 +580,12 @@ def _available_cores() -> int:
 
 
 def compute_references(structures, out_dir: str, xc: str = DEFAULT_XC,
-                       basis: str = DEFAULT_BASIS, grid_level: int = DEFAULT_GRID_LEVEL,
+                       basis: str | None = DEFAULT_BASIS, grid_level: int = DEFAULT_GRID_LEVEL,
                        conv_tol: float = DEFAULT_CONV_TOL, max_cycle: int = DEFAULT_MAX_CYCLE,
                        device: str = "cpu", workers: int = 1, shard: tuple[int, int] = (0, 1),
-                       overwrite: bool = False, progress: bool = True, log=None) -> dict:
+                       overwrite: bool = False, progress: bool = True, log=None,
+                       pseudo: str = DEFAULT_PSEUDO, kmesh=DEFAULT_KMESH,
+                       ke_cutoff: float | None = None) -> dict:
     """Compute the reference chkfiles of many structures, resumably.
 
     All structures are validated first (:func:`prepare_structures`); one bad structure
@@ -436,6 +597,11 @@ def compute_references(structures, out_dir: str, xc: str = DEFAULT_XC,
 
     Parameters
     ----------
+    basis : str or None
+        Orbital basis; None: def2-svp for molecules, gth-dzvp for periodic structures.
+    pseudo, kmesh, ke_cutoff
+        Settings of periodic structures (see :func:`run_reference`); for them the
+        resumability check compares pseudo, k-mesh and ke_cutoff instead of the grid level.
     workers : int
         Processes; each sets ``pyscf.lib.num_threads(cores // workers)``. 1 runs in this
         process with PySCF's thread setting untouched.
@@ -455,7 +621,8 @@ def compute_references(structures, out_dir: str, xc: str = DEFAULT_XC,
 
     t0 = time.perf_counter()
     log = log if log is not None else sys.stderr
-    structures = prepare_structures(structures, xc=xc, basis=basis, device=device)
+    structures = prepare_structures(structures, xc=xc, basis=basis, device=device, pseudo=pseudo,
+                                    kmesh=kmesh)
     i_shard, n_shard = shard
     if n_shard < 1 or not 0 <= i_shard < n_shard:
         raise InputError(f"shard {i_shard}/{n_shard}: need 0 <= i < n")
@@ -470,7 +637,8 @@ def compute_references(structures, out_dir: str, xc: str = DEFAULT_XC,
         if not os.path.exists(path):
             todo.append(s)
             continue
-        why = _existing_mismatch(path, s, xc, basis, grid_level)
+        why = _existing_mismatch(path, s, xc, basis, grid_level, pseudo=pseudo, kmesh=kmesh,
+                                 ke_cutoff=ke_cutoff)
         if why is None:
             skipped.append(s.name)
         elif overwrite:
@@ -480,14 +648,15 @@ def compute_references(structures, out_dir: str, xc: str = DEFAULT_XC,
     if mismatched:
         path, why = mismatched[0]
         more = f" (and {len(mismatched) - 1} more)" if len(mismatched) > 1 else ""
-        raise MismatchError(f"{path} differs from this run ({why}; requested xc={xc} basis={basis} "
+        raise MismatchError(f"{path} differs from this run ({why}; requested xc={xc} basis={basis or 'default'} "
                             f"grid level {grid_level}){more}: choose another --out, delete "
                             f"them, or pass --overwrite")
 
     summary = dict(computed=[], skipped=skipped, failed=[], unconverged=[], errors={},
                    results={}, n_total=len(mine), out_dir=out_dir)
     kwargs = dict(xc=xc, basis=basis, grid_level=grid_level, conv_tol=conv_tol,
-                  max_cycle=max_cycle, device=device)
+                  max_cycle=max_cycle, device=device, pseudo=pseudo, kmesh=kmesh,
+                  ke_cutoff=ke_cutoff)
     bar = tqdm(total=len(mine), initial=len(skipped), desc="compute", unit="mol",
                file=sys.stderr, disable=not progress, dynamic_ncols=True)
 
@@ -596,6 +765,45 @@ def _rebuild_mol(raw, path: str):
     return mol
 
 
+def _rebuild_cell(raw, path: str, cell_bohr: np.ndarray, settings: dict):
+    """A built :class:`pyscf.pbc.gto.Cell` from PySCF's JSON record of a Cell.
+
+    Uses ``_atom`` (bohr), ``_basis`` and ``_pseudo`` (string forms parsed as Python
+    literals, never evaluated), the lattice ``cell_bohr`` and the FFT mesh recorded in the
+    densitylearn settings (else the record's).
+    """
+    import ast
+
+    from pyscf.pbc import gto as pbcgto
+
+    def literal(x):
+        return ast.literal_eval(x) if isinstance(x, str) else x
+
+    try:
+        d = json.loads(raw)
+        cell = pbcgto.Cell()
+        cell.atom = [(str(a[0]), tuple(float(x) for x in a[1])) for a in d["_atom"]]
+        cell.unit = "Bohr"
+        cell.a = np.asarray(cell_bohr, dtype=np.float64)
+        cell.basis = literal(d["_basis"])
+        pp = literal(d.get("_pseudo") or {})
+        if pp:
+            cell.pseudo = pp
+        mesh = settings.get("mesh")
+        mesh = json.loads(mesh) if isinstance(mesh, str) and mesh else literal(d.get("mesh"))
+        if mesh is not None:
+            cell.mesh = [int(m) for m in mesh]
+        cell.charge = int(d.get("charge", 0))
+        cell.spin = int(d.get("spin", 0))
+        cell.verbose = 0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cell.build()
+    except Exception as exc:
+        raise InputError(f"{path}: cannot rebuild the periodic cell ({type(exc).__name__}: {exc})") from None
+    return cell
+
+
 def load_reference(path: str) -> Reference:
     """Read a reference chkfile as data (no ``eval``).
 
@@ -616,20 +824,28 @@ def load_reference(path: str) -> Reference:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise InputError(f"{path}: no such file")
+    kpts = None
     try:
         with h5py.File(path, "r") as f:
             raw = f["mol"][()]
-            mo_coeff = np.asarray(f["scf/mo_coeff"][()], dtype=np.float64)
+            mo_coeff = np.asarray(f["scf/mo_coeff"][()])
             mo_occ = np.asarray(f["scf/mo_occ"][()], dtype=np.float64)
             e_tot = float(f["scf/e_tot"][()])
+            if "scf/kpts" in f:
+                kpts = np.asarray(f["scf/kpts"][()], dtype=np.float64).reshape(-1, 3)
+            elif "scf/kpt" in f:
+                kpts = np.asarray(f["scf/kpt"][()], dtype=np.float64).reshape(1, 3)
     except (OSError, KeyError) as exc:
         raise InputError(f"{path}: not a complete PySCF SCF chkfile ({exc})") from None
     settings = read_settings(path)
-    mol = _rebuild_mol(raw, path)
     structure = structure_from_chk(path)
     if settings.get("name") or settings.get("source"):
         structure = dataclasses.replace(structure, name=settings.get("name") or structure.name,
                                         source=settings.get("source") or structure.source)
+    if structure.is_periodic:
+        return _load_periodic(path, raw, structure, settings, mo_coeff, mo_occ, kpts, e_tot)
+    mo_coeff = np.asarray(mo_coeff, dtype=np.float64)
+    mol = _rebuild_mol(raw, path)
     if mo_coeff.ndim == 2:
         dm = (mo_coeff * mo_occ) @ mo_coeff.T
     elif mo_coeff.ndim == 3:
@@ -653,3 +869,111 @@ def load_reference(path: str) -> Reference:
                      xc=str(settings.get("xc", "")), basis=basis,
                      grid_level=int(settings.get("grid_level", -1)),
                      converged=None if converged is None else bool(converged), path=path)
+
+
+def _load_periodic(path, raw, structure, settings, mo_coeff, mo_occ, kpts, e_tot) -> Reference:
+    """The periodic branch of :func:`load_reference` (restricted KS at one or many k-points)."""
+    cell = _rebuild_cell(raw, path, structure.cell, settings)
+    if kpts is None:
+        kpts = np.zeros((1, 3))
+    # consumers that get only (cell, dm), such as metrics.reference_density, find the k-points here
+    cell._densitylearn_kpts = kpts
+    if mo_coeff.ndim == 2:  # gamma-point RKS: one real or complex coefficient matrix
+        mo_coeff, mo_occ = mo_coeff[None], mo_occ[None]
+    if mo_coeff.ndim != 3 or mo_coeff.shape[0] != len(kpts) or mo_occ.shape[0] != len(kpts):
+        raise InputError(f"{path}: mo_coeff of shape {mo_coeff.shape} does not match {len(kpts)} "
+                         "k-points (only restricted periodic references are supported)")
+    dm = np.einsum("kpi,ki,kqi->kpq", mo_coeff, mo_occ, mo_coeff.conj())
+    if dm.shape[1:] != (cell.nao, cell.nao):
+        raise InputError(f"{path}: density matrix shape {dm.shape[1:]} does not match the basis "
+                         f"({cell.nao} functions)")
+    if np.abs(dm.imag).max() < 1e-14:
+        dm = dm.real.copy()
+    converged = settings.get("converged", None)
+    basis = str(settings.get("basis", ""))
+    if not basis:
+        try:
+            stored = json.loads(raw).get("basis")
+        except (ValueError, AttributeError):
+            stored = None
+        if isinstance(stored, str) and stored[:1] in "'\"" and stored[-1:] == stored[:1]:
+            stored = stored[1:-1]
+        basis = stored.lower() if isinstance(stored, str) and stored[:1] not in "{[" else ""
+    pseudo = str(settings.get("pseudo", ""))
+    if not pseudo:
+        try:
+            stored = json.loads(raw).get("pseudo")
+        except (ValueError, AttributeError):
+            stored = None
+        if isinstance(stored, str):
+            stored = stored.strip("'\"")
+            pseudo = stored.lower() if stored[:1] not in "{[" else ""
+    return Reference(structure=structure, mol=cell, dm=dm, e_tot=e_tot,
+                     xc=str(settings.get("xc", "")), basis=basis,
+                     grid_level=int(settings.get("grid_level", -1)),
+                     converged=None if converged is None else bool(converged), path=path,
+                     kpts=kpts, pseudo=pseudo)
+
+
+def periodic_density_on_mesh(ref: Reference, mesh=None) -> tuple[np.ndarray, np.ndarray]:
+    """The reference valence density of a periodic :class:`Reference` on a uniform mesh.
+
+    Parameters
+    ----------
+    ref : Reference
+        A periodic reference (``ref.is_periodic``).
+    mesh : sequence of 3 int, optional
+        Points along each lattice vector (default: the SCF's FFT mesh, ``ref.mol.mesh``).
+        Point (i, j, k) lies at ``(i/n1, j/n2, k/n3) @ cell``.
+
+    Returns
+    -------
+    values : ndarray, shape (n1, n2, n3)
+        Density in e/bohr^3 (k-point average of the density matrices).
+    axes : ndarray, shape (3, 3)
+        Grid step vectors as rows, bohr (``cell[i] / n_i``).
+    """
+    if not ref.is_periodic:
+        raise InputError(f"{ref.path}: not a periodic reference")
+    cell = ref.mol
+    mesh = [int(m) for m in (cell.mesh if mesh is None else mesh)]
+    if len(mesh) != 3 or min(mesh) < 1:
+        raise InputError(f"{ref.path}: mesh must be three positive integers, got {mesh}")
+    axes = np.asarray(ref.structure.cell) / np.asarray(mesh, dtype=np.float64)[:, None]
+    idx = np.stack(np.meshgrid(*[np.arange(n) for n in mesh], indexing="ij"), -1).reshape(-1, 3)
+    coords = idx.astype(np.float64) @ axes
+    rho = cell_density(cell, ref.dm, coords, kpts=ref.kpts)
+    return rho.reshape(mesh), axes
+
+
+def cell_density(cell, dm, points, kpts=None, block: int = 16384) -> np.ndarray:
+    """Density of a periodic reference at ``points`` (bohr), e/bohr^3, shape (n_points,).
+
+    Parameters
+    ----------
+    cell : pyscf.pbc.gto.Cell
+    dm : ndarray, shape (n_k, nao, nao) or (nao, nao)
+        Spin-summed density matrices per k-point; the density is their average.
+    points : ndarray, shape (n_points, 3)
+    kpts : ndarray, shape (n_k, 3), optional
+        k-points (bohr^-1); default: those :func:`load_reference` recorded on the cell,
+        else the gamma point.
+    """
+    from pyscf.pbc.dft import numint as pbc_numint
+
+    dm = np.asarray(dm)
+    if dm.ndim == 2:
+        dm = dm[None]
+    if kpts is None:
+        kpts = getattr(cell, "_densitylearn_kpts", None)
+    kpts = np.zeros((1, 3)) if kpts is None else np.asarray(kpts, dtype=np.float64).reshape(-1, 3)
+    if len(kpts) != dm.shape[0]:
+        raise InputError(f"{dm.shape[0]} density matrices but {len(kpts)} k-points")
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    out = np.empty(len(points))
+    ni = pbc_numint.KNumInt()
+    for i in range(0, len(points), block):
+        ao = ni.eval_ao(cell, points[i:i + block], kpts=kpts)  # per k-point: (n, nao)
+        acc = sum(np.einsum("gp,pq,gq->g", a, d, a.conj()).real for a, d in zip(ao, dm))
+        out[i:i + block] = acc / len(kpts)
+    return out

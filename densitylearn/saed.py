@@ -27,6 +27,14 @@ Public API
 :func:`saed_density_matrix`
     Block-diagonal SAED density matrix of a PySCF molecule in its own orbital basis.
 
+Pseudopotential references (periodic cells with GTH pseudopotentials): ``atom_ks``
+rejects pseudo-atoms, so :func:`load_saed` with ``pseudo=`` solves the spherically averaged
+GTH pseudo-atom itself (:func:`_pseudo_atom_ks`: PySCF's ``AtomSphAverageRKS`` with the
+core Hamiltonian of ``atom_hf_pp``, the same functional and orbital basis). Its terms
+integrate to the valence count (4 for Si with gth-pbe), the SAED records ``pseudo`` and
+the counts (:meth:`SAED.electrons`) in its definition; all-electron definitions and
+hashes are unchanged.
+
 Atomic results depend on PySCF's SCF convergence (``conv_tol`` 1e-9 inside atom_ks), so
 two machines may produce terms that differ in the last digits: datasets and checkpoints
 should store :meth:`SAED.definition` and compare :attr:`SAED.hash`, not recompute.
@@ -135,19 +143,28 @@ def cutoff_radius(powers, exponents, weights, tol: float = DEFAULT_CUTOFF_TOL) -
 
 
 # ---------------------------------------------------------------------------- the atom
-def _atom_mol(z: int, basis: str):
-    """A fresh one-atom PySCF Mole (bohr, spherical AOs) for element ``z`` in ``basis``."""
+def _atom_mol(z: int, basis: str, pseudo: str | None = None):
+    """A fresh one-atom PySCF Mole (bohr, spherical AOs) for element ``z`` in ``basis``.
+
+    With ``pseudo`` (a GTH name such as ``'gth-pbe'``) the atom carries that
+    pseudopotential and only its valence electrons.
+    """
     from pyscf import gto
 
     sym = _symbol(z)
     try:
         with warnings.catch_warnings():  # PySCF suggests basis-set-exchange for unknown names
             warnings.simplefilter("ignore", UserWarning)
+            extra = {"pseudo": pseudo} if pseudo else {}
+            # pseudopotential cores hold an even number of electrons: the parity of z stays
             mol = gto.M(atom=[[sym, (0.0, 0.0, 0.0)]], basis=basis, spin=z % 2, unit="bohr",
-                        cart=False, verbose=0)
+                        cart=False, verbose=0, **extra)
     except Exception as exc:  # BasisNotFoundError, KeyError, RuntimeError ...
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"SAED: orbital basis {basis!r} has no functions for {sym} ({msg})") from None
+        what = f"orbital basis {basis!r}" + (f" with pseudopotential {pseudo!r}" if pseudo else "")
+        raise InputError(f"SAED: {what} has no functions for {sym} ({msg})") from None
+    if pseudo and not mol._pseudo:
+        raise InputError(f"SAED: pseudopotential {pseudo!r} has no entry for {sym}")
     if mol.nao == 0:
         raise InputError(f"SAED: orbital basis {basis!r} has no functions for {sym}")
     return mol
@@ -162,8 +179,11 @@ def _shell_signature(mol, shells) -> list:
     return out
 
 
-def atomic_density_matrix(z: int, xc: str, basis: str) -> np.ndarray:
+def atomic_density_matrix(z: int, xc: str, basis: str, pseudo: str | None = None) -> np.ndarray:
     """Spherically averaged neutral-atom KS density matrix, m-averaged per l block.
+
+    With ``pseudo`` the atom is the GTH pseudo-atom (valence electrons only), solved by
+    :func:`_pseudo_atom_ks` (PySCF's atom_ks rejects pseudopotentials).
 
     Parameters
     ----------
@@ -177,13 +197,15 @@ def atomic_density_matrix(z: int, xc: str, basis: str) -> np.ndarray:
     Returns
     -------
     ndarray, shape (nao, nao)
-        Density matrix in the spherical AOs of :func:`_atom_mol` (``z``, ``basis``); trace of
-        ``D S`` is ``z``.
+        Density matrix in the spherical AOs of :func:`_atom_mol` (``z``, ``basis``,
+        ``pseudo``); trace of ``D S`` is ``z`` (the valence count with ``pseudo``).
     """
     from pyscf.scf import atom_ks
 
-    mol = _atom_mol(z, basis)
+    mol = _atom_mol(z, basis, pseudo)
     sym = _symbol(z)
+    if pseudo:
+        return _spherical_average(mol, _pseudo_atom_ks(mol, xc))
     try:
         with warnings.catch_warnings():  # PySCF deprecates remove_linear_dep_ inside atom_hf
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -195,6 +217,58 @@ def atomic_density_matrix(z: int, xc: str, basis: str) -> np.ndarray:
     _, _, c, occ = res[sym]
     dm = (c * occ) @ c.T
     return _spherical_average(mol, dm)
+
+
+def _pseudo_atom_ks(mol, xc: str) -> np.ndarray:
+    """Density matrix of a spherically averaged GTH pseudo-atom at functional ``xc``.
+
+    PySCF's :class:`~pyscf.scf.atom_ks.AtomSphAverageRKS` (m-averaged Fock matrix,
+    fractional occupations of ``NRSRHFS_CONFIGURATION`` minus the pseudopotential's core
+    shells) with the core Hamiltonian of :class:`~pyscf.scf.atom_hf_pp.AtomSCFPP`
+    (kinetic energy plus the GTH local and non-local parts). The initial guess is the
+    core Hamiltonian ('1e'): PySCF's default guess does not accept pseudopotentials.
+    """
+    from pyscf.data import elements
+    from pyscf.scf import atom_hf_pp, atom_ks
+
+    class _AtomKSPP(atom_ks.AtomSphAverageRKS):
+        get_hcore = atom_hf_pp.AtomSCFPP.get_hcore
+
+    sym = mol.atom_pure_symbol(0)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            mf = _AtomKSPP(mol)
+            mf.xc = xc
+            mf.atomic_configuration = elements.NRSRHFS_CONFIGURATION
+            mf.grids.atom_grid = (100, 434)
+            mf.init_guess = "1e"
+            mf.conv_tol = 1e-10
+            mf.verbose = 0
+            mf.kernel()
+    except Exception as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"SAED: atomic KS for the {sym} pseudo-atom with xc={xc!r} failed ({msg})") from None
+    if not mf.converged:
+        raise InputError(f"SAED: atomic KS for the {sym} pseudo-atom with xc={xc!r} did not converge")
+    return (mf.mo_coeff * mf.mo_occ) @ mf.mo_coeff.T
+
+
+def valence_electrons(z: int, pseudo: str | None) -> int:
+    """Electrons a neutral atom keeps with the GTH pseudopotential ``pseudo`` (``z`` when None).
+
+    Read from the pseudopotential's header (its first entry lists the valence electrons
+    per angular momentum); :class:`InputError` when ``pseudo`` has no entry for ``z``.
+    """
+    if not pseudo:
+        return int(z)
+    from pyscf.pbc.gto import pseudo as pbc_pseudo
+
+    try:
+        pp = pbc_pseudo.load(str(pseudo), _symbol(int(z)))
+        return int(sum(pp[0]))
+    except Exception:
+        raise InputError(f"pseudopotential {pseudo!r} has no entry for {_symbol(int(z))}") from None
 
 
 def _l_functions(mol):
@@ -296,13 +370,17 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9.+-]+", "_", text.lower())[:40]
 
 
-def _cache_file(cache_dir: str, z: int, xc: str, basis: str) -> str:
+def _cache_file(cache_dir: str, z: int, xc: str, basis: str, pseudo: str | None = None) -> str:
+    if pseudo:
+        tag = hashlib.sha256(json.dumps([xc, basis, pseudo]).encode()).hexdigest()[:10]
+        return os.path.join(cache_dir, f"{z:03d}-{_symbol(z)}-{_slug(xc)}-{_slug(basis)}-"
+                                       f"{_slug(pseudo)}-{tag}.json")
     tag = hashlib.sha256(json.dumps([xc, basis]).encode()).hexdigest()[:10]
     return os.path.join(cache_dir, f"{z:03d}-{_symbol(z)}-{_slug(xc)}-{_slug(basis)}-{tag}.json")
 
 
-def _check_terms(z: int, powers, exponents, weights, where: str) -> None:
-    """InputError unless the terms are well-formed and integrate to ``z``."""
+def _check_terms(z: int, powers, exponents, weights, where: str, electrons: int | None = None) -> None:
+    """InputError unless the terms are well-formed and integrate to ``electrons`` (default ``z``)."""
     p, b, w = (np.asarray(x) for x in (powers, exponents, weights))
     if not (p.ndim == b.ndim == w.ndim == 1 and p.shape == b.shape == w.shape) or p.size == 0:
         raise InputError(f"{where}: SAED terms for Z={z} must be three equal-length 1-d arrays")
@@ -311,32 +389,35 @@ def _check_terms(z: int, powers, exponents, weights, where: str) -> None:
     if np.any(p < 0) or np.any(p % 2):
         raise InputError(f"{where}: SAED terms for Z={z} have powers that are not even and >= 0")
     n = float((w * radial_integrals(p, b)).sum())
-    if abs(n - z) > 1e-8 * max(1.0, z):
-        raise InputError(f"{where}: SAED terms for Z={z} integrate to {n:.10f} electrons, not {z}")
+    want = z if electrons is None else int(electrons)
+    if abs(n - want) > 1e-8 * max(1.0, want):
+        raise InputError(f"{where}: SAED terms for Z={z} integrate to {n:.10f} electrons, not {want}")
 
 
-def _compute_record(z: int, xc: str, basis: str) -> dict:
+def _compute_record(z: int, xc: str, basis: str, pseudo: str | None = None) -> dict:
     import pyscf
 
-    mol = _atom_mol(z, basis)
-    dm = atomic_density_matrix(z, xc, basis)
+    mol = _atom_mol(z, basis, pseudo)
+    dm = atomic_density_matrix(z, xc, basis, pseudo)
     p, b, w = density_terms(mol, dm)
-    _check_terms(z, p, b, w, f"atomic {_symbol(z)} ({xc}/{basis})")
+    _check_terms(z, p, b, w, f"atomic {_symbol(z)} ({xc}/{basis})", electrons=mol.nelectron)
+    extra = {"pseudo": pseudo, "electrons": int(mol.nelectron)} if pseudo else {}
     return {"version": _CACHE_VERSION, "z": z, "symbol": _symbol(z), "xc": xc, "basis": basis,
-            "pyscf": pyscf.__version__, "nao": int(mol.nao),
+            **extra, "pyscf": pyscf.__version__, "nao": int(mol.nao),
             "powers": [int(x) for x in p], "exponents": [float(x) for x in b],
             "weights": [float(x) for x in w], "dm": [[float(x) for x in row] for row in dm]}
 
 
-def _read_record(path: str, z: int, xc: str, basis: str):
+def _read_record(path: str, z: int, xc: str, basis: str, pseudo: str | None = None):
     """The cached record at ``path``, or None when missing, corrupt or for something else."""
     try:
         with open(path) as fh:
             rec = json.load(fh)
         if (rec.get("version") != _CACHE_VERSION or rec.get("z") != z or rec.get("xc") != xc
-                or rec.get("basis") != basis):
+                or rec.get("basis") != basis or rec.get("pseudo") != (pseudo or None)):
             return None
-        _check_terms(z, rec["powers"], rec["exponents"], rec["weights"], path)
+        _check_terms(z, rec["powers"], rec["exponents"], rec["weights"], path,
+                     electrons=rec.get("electrons") if pseudo else None)
         dm = np.asarray(rec["dm"], dtype=np.float64)
         if dm.shape != (rec["nao"], rec["nao"]) or not np.all(np.isfinite(dm)):
             return None
@@ -345,13 +426,13 @@ def _read_record(path: str, z: int, xc: str, basis: str):
         return None
 
 
-def _atomic_record(z: int, xc: str, basis: str, cache_dir=None) -> dict:
+def _atomic_record(z: int, xc: str, basis: str, cache_dir=None, pseudo: str | None = None) -> dict:
     """Cached atomic record (terms and density matrix); computed and written when absent."""
     folder = default_cache_dir() if cache_dir is None else os.fspath(cache_dir)
-    path = _cache_file(folder, z, xc, basis)
-    rec = _read_record(path, z, xc, basis)
+    path = _cache_file(folder, z, xc, basis, pseudo)
+    rec = _read_record(path, z, xc, basis, pseudo)
     if rec is None:
-        rec = _compute_record(z, xc, basis)
+        rec = _compute_record(z, xc, basis, pseudo)
         with atomic_path(path) as tmp:
             with open(tmp, "w") as fh:
                 json.dump(rec, fh)
@@ -376,17 +457,22 @@ class SAED:
         Each element's terms must integrate to Z (checked, InputError otherwise).
     """
 
-    __slots__ = ("_xc", "_basis", "_terms", "_cutoffs")
+    __slots__ = ("_xc", "_basis", "_terms", "_cutoffs", "_pseudo", "_valence")
 
-    def __init__(self, xc: str, basis: str, terms: dict):
+    def __init__(self, xc: str, basis: str, terms: dict, pseudo: str | None = None,
+                 valence: dict | None = None):
         xc = _canon_name(xc, "xc")
         basis = _canon_name(basis, "basis")
+        pseudo = _canon_name(pseudo, "pseudo") if pseudo else None
+        valence = {as_atomic_number(z): int(n) for z, n in (valence or {}).items()}
         canon = {}
         for z, (p, b, w) in sorted(((as_atomic_number(z), t) for z, t in terms.items()), key=lambda kv: kv[0]):
             p = np.array(p, dtype=np.int64)
             b = np.array(b, dtype=np.float64)
             w = np.array(w, dtype=np.float64)
-            _check_terms(z, p, b, w, f"SAED {xc}/{basis}")
+            if pseudo and z not in valence:
+                raise InputError(f"SAED {xc}/{basis}/{pseudo}: no valence electron count for Z={z}")
+            _check_terms(z, p, b, w, f"SAED {xc}/{basis}", electrons=valence.get(z) if pseudo else None)
             for a in (p, b, w):
                 a.setflags(write=False)
             canon[z] = (p, b, w)
@@ -396,6 +482,9 @@ class SAED:
         object.__setattr__(self, "_basis", basis)
         object.__setattr__(self, "_terms", canon)
         object.__setattr__(self, "_cutoffs", {})
+        object.__setattr__(self, "_pseudo", pseudo)
+        object.__setattr__(self, "_valence", {z: valence[z] for z in canon} if pseudo else
+                           {z: z for z in canon})
 
     def __setattr__(self, name, value):
         raise AttributeError("SAED is immutable")
@@ -409,6 +498,17 @@ class SAED:
     def basis(self) -> str:
         """Orbital basis name of the atomic calculations."""
         return self._basis
+
+    @property
+    def pseudo(self) -> str | None:
+        """Pseudopotential of the atomic calculations (None: all-electron atoms)."""
+        return self._pseudo
+
+    def electrons(self, z) -> int:
+        """Electrons of element ``z``'s neutral atom in this SAED (Z, or its valence count)."""
+        z = as_atomic_number(z)
+        self.terms(z)
+        return self._valence[z]
 
     @property
     def elements(self) -> tuple[int, ...]:
@@ -446,8 +546,12 @@ class SAED:
 
     def definition(self) -> dict:
         """JSON-serialisable definition (round-trips through :meth:`from_definition`)."""
-        return {"kind": _DEFINITION_KIND, "xc": self.xc, "basis": self.basis,
-                "elements": {str(z): self._element_def(z) for z in self.elements}}
+        out = {"kind": _DEFINITION_KIND, "xc": self.xc, "basis": self.basis,
+               "elements": {str(z): self._element_def(z) for z in self.elements}}
+        if self.pseudo:  # absent for all-electron SAEDs, so their hashes do not change
+            out["pseudo"] = self.pseudo
+            out["valence"] = {str(z): self._valence[z] for z in self.elements}
+        return out
 
     def _element_def(self, z: int) -> dict:
         p, b, w = self._terms[z]
@@ -464,7 +568,8 @@ class SAED:
                 raise InputError(f"not an SAED definition (kind {definition.get('kind')!r})")
             terms = {int(z): (e["powers"], e["exponents"], e["weights"])
                      for z, e in definition["elements"].items()}
-            return cls(definition["xc"], definition["basis"], terms)
+            return cls(definition["xc"], definition["basis"], terms, pseudo=definition.get("pseudo"),
+                       valence={int(z): int(n) for z, n in (definition.get("valence") or {}).items()})
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
             if isinstance(exc, InputError):
                 raise
@@ -474,7 +579,8 @@ class SAED:
         """SHA-256 (full hex) of one element's terms together with xc and basis."""
         z = as_atomic_number(z)
         self.terms(z)
-        payload = json.dumps({"xc": self.xc, "basis": self.basis, "z": z, **self._element_def(z)},
+        extra = {"pseudo": self.pseudo, "valence": self._valence[z]} if self.pseudo else {}
+        payload = json.dumps({"xc": self.xc, "basis": self.basis, "z": z, **self._element_def(z), **extra},
                              sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(payload.encode()).hexdigest()
 
@@ -497,6 +603,8 @@ class SAED:
             raise MismatchError(f"{where}SAED functional differs ({self.xc} vs {other.xc})")
         if self.basis != other.basis:
             raise MismatchError(f"{where}SAED orbital basis differs ({self.basis} vs {other.basis})")
+        if self.pseudo != other.pseudo:
+            raise MismatchError(f"{where}SAED pseudopotential differs ({self.pseudo} vs {other.pseudo})")
         zs = self.elements if elements is None else sorted({as_atomic_number(z) for z in elements})
         for z in zs:
             for s in (self, other):
@@ -508,7 +616,8 @@ class SAED:
 
     def __repr__(self) -> str:
         els = " ".join(_symbol(z) for z in self.elements)
-        return f"SAED(xc={self.xc!r}, basis={self.basis!r}, elements=[{els}], hash={self.hash})"
+        pp = f", pseudo={self.pseudo!r}" if self.pseudo else ""
+        return f"SAED(xc={self.xc!r}, basis={self.basis!r}{pp}, elements=[{els}], hash={self.hash})"
 
     def __eq__(self, other) -> bool:
         return isinstance(other, SAED) and self.hash == other.hash
@@ -747,8 +856,9 @@ def _evaluate_torch(saed: SAED, numbers, positions, pts, rho, tol, chunk_size, b
 
 
 # ---------------------------------------------------------------------------- front doors
-def load_saed(elements, xc: str = "pbe", basis: str = "def2-svp", cache_dir=None) -> SAED:
-    """SAED for ``elements``, computed once per (element, xc, basis) and cached as JSON.
+def load_saed(elements, xc: str = "pbe", basis: str = "def2-svp", cache_dir=None,
+              pseudo: str | None = None) -> SAED:
+    """SAED for ``elements``, computed once per (element, xc, basis, pseudo) and cached as JSON.
 
     Parameters
     ----------
@@ -761,6 +871,10 @@ def load_saed(elements, xc: str = "pbe", basis: str = "def2-svp", cache_dir=None
     cache_dir : path or None
         Cache folder; default ``$DENSITYLEARN_CACHE/saed`` or ``~/.cache/densitylearn/saed``.
         Files are written atomically; a corrupt or foreign file is recomputed.
+    pseudo : str, optional
+        Pseudopotential of the reference (periodic GTH references, e.g. ``'gth-pbe'``):
+        the atoms are GTH pseudo-atoms and each element's density integrates to its
+        valence electron count (4 for Si), not Z.
 
     Returns
     -------
@@ -768,16 +882,18 @@ def load_saed(elements, xc: str = "pbe", basis: str = "def2-svp", cache_dir=None
     """
     xc = _canon_name(xc, "xc")
     basis = _canon_name(basis, "basis")
+    pseudo = _canon_name(pseudo, "pseudo") if pseudo else None
     if isinstance(elements, (str, int, np.integer)):
         elements = [elements]
     zs = sorted({as_atomic_number(e) for e in elements})
     if not zs:
         raise InputError(f"SAED {xc}/{basis}: no elements requested")
-    terms = {}
+    terms, valence = {}, {}
     for z in zs:
-        rec = _atomic_record(z, xc, basis, cache_dir)
+        rec = _atomic_record(z, xc, basis, cache_dir, pseudo)
         terms[z] = (rec["powers"], rec["exponents"], rec["weights"])
-    return SAED(xc, basis, terms)
+        valence[z] = int(rec.get("electrons", z))
+    return SAED(xc, basis, terms, pseudo=pseudo, valence=valence if pseudo else None)
 
 
 def _basis_name_for(mol, label: str, symbol: str):

@@ -13,6 +13,7 @@ import csv
 import importlib.util
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,7 +42,9 @@ class Structure:
     cell : ndarray, shape (3, 3), float64
         Lattice vectors as rows, bohr; all zeros for a molecule.
     pbc : ndarray, shape (3,), bool
-        Periodic directions; all False for a molecule.
+        Periodic directions; all False for a molecule, all True for a crystal (partly
+        periodic structures are refused). A crystal's cell must have a non-zero volume and
+        no two atoms may be closer than :data:`MIN_DISTANCE_BOHR` through the images.
     charge : int
         Net charge in e (a cation has +1).
     spin : int
@@ -78,8 +81,10 @@ class Structure:
             raise InputError(f"{label}: atomic numbers must lie in 1..118, got {sorted(set(numbers.tolist()))}")
         if cell.shape != (3, 3) or pbc.shape != (3,):
             raise InputError(f"{label}: cell must be 3x3 and pbc three flags")
-        if pbc.any() and abs(np.linalg.det(cell)) < 1e-6:
-            raise InputError(f"{label}: periodic structure with a zero-volume cell")
+        if not np.all(np.isfinite(cell)):
+            raise InputError(f"{label}: cell contains NaN or infinity")
+        if pbc.any():
+            _check_cell(label, cell, pbc)
         n_elec = int(numbers.sum()) - int(self.charge)
         if n_elec < 0:
             raise InputError(f"{label}: charge {self.charge} exceeds the nuclear charge {numbers.sum()}")
@@ -91,6 +96,8 @@ class Structure:
             if d.min() < MIN_DISTANCE_BOHR:
                 i, j = np.unravel_index(np.argmin(d), d.shape)
                 raise InputError(f"{label}: atoms {i} and {j} overlap ({d.min():.3f} bohr apart)")
+        if pbc.any():
+            _check_periodic_overlap(label, positions, cell)
         object.__setattr__(self, "numbers", numbers)
         object.__setattr__(self, "positions", positions)
         object.__setattr__(self, "cell", cell)
@@ -153,10 +160,98 @@ class Structure:
                              f"{basis!r}: {exc}") from None
         return mol
 
+    def to_pyscf_cell(self, basis: str = "gth-dzvp", pseudo: str = "gth-pbe",
+                      ke_cutoff: float | None = None, mesh=None, verbose: int = 0, **kwargs):
+        """A built :class:`pyscf.pbc.gto.Cell` (positions and lattice passed in bohr).
+
+        Parameters
+        ----------
+        basis : str
+            Orbital basis (PySCF name; GTH bases go with GTH pseudopotentials).
+        pseudo : str or None
+            Pseudopotential (PySCF name, e.g. ``'gth-pbe'``); None for all-electron.
+        ke_cutoff : float, optional
+            Kinetic-energy cutoff of the FFT mesh, hartree (PySCF's default when None).
+        mesh : sequence of 3 int, optional
+            FFT mesh; overrides ``ke_cutoff``.
+        """
+        from pyscf.pbc import gto as pbcgto
+
+        if not self.is_periodic:
+            raise InputError(f"{self.label}: a molecule cannot become a periodic Cell")
+        cell = pbcgto.Cell()
+        cell.atom = [(int(z), tuple(p)) for z, p in zip(self.numbers, self.positions)]
+        cell.a = self.cell
+        cell.unit = "Bohr"
+        cell.basis = basis
+        if pseudo:
+            cell.pseudo = pseudo
+        cell.charge = self.charge
+        cell.spin = self.spin
+        cell.verbose = verbose
+        if ke_cutoff is not None:
+            cell.ke_cutoff = float(ke_cutoff)
+        if mesh is not None:
+            cell.mesh = [int(m) for m in mesh]
+        for k, v in kwargs.items():
+            setattr(cell, k, v)
+        try:
+            with warnings.catch_warnings():  # PySCF warns about coarse meshes and basis names
+                warnings.simplefilter("ignore")
+                cell.build()
+        except (RuntimeError, KeyError, ValueError, AssertionError, TypeError) as exc:
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InputError(f"{self.label}: PySCF cannot build this cell with basis {basis!r} and "
+                             f"pseudopotential {pseudo!r}: {msg}") from None
+        return cell
+
     def same_geometry(self, other: "Structure", atol: float = 1e-6) -> bool:
-        """True when numbers agree and positions agree to ``atol`` bohr."""
+        """True when numbers, positions (to ``atol`` bohr), cell and pbc flags agree."""
         return (len(self) == len(other) and np.array_equal(self.numbers, other.numbers)
-                and np.allclose(self.positions, other.positions, atol=atol, rtol=0))
+                and np.allclose(self.positions, other.positions, atol=atol, rtol=0)
+                and np.array_equal(self.pbc, other.pbc)
+                and np.allclose(self.cell, other.cell, atol=atol, rtol=0))
+
+
+#: Smallest allowed ratio ``volume / (|a| |b| |c|)`` of a periodic cell (1 for a cube, 0
+#: when the lattice vectors are coplanar).
+MIN_CELL_SHAPE = 1e-4
+
+
+def _check_cell(label: str, cell: np.ndarray, pbc: np.ndarray) -> None:
+    """InputError unless ``cell`` is a proper 3-d lattice for the periodic flags ``pbc``."""
+    lengths = np.linalg.norm(cell, axis=1)
+    for i in range(3):
+        if pbc[i] and lengths[i] < MIN_DISTANCE_BOHR:
+            raise InputError(f"{label}: pbc is True along lattice vector {i + 1}, which has length "
+                             f"{lengths[i]:.3g} bohr (pbc flags disagree with the cell)")
+    if not pbc.all():
+        raise InputError(f"{label}: partly periodic structures (pbc={pbc.astype(int).tolist()}, slabs "
+                         "or wires) are not supported; use pbc along all three lattice vectors or none")
+    vol = abs(float(np.linalg.det(cell)))
+    if vol < 1e-6 or vol < MIN_CELL_SHAPE * float(np.prod(lengths)):
+        raise InputError(f"{label}: the cell has (near) zero volume ({vol:.3g} bohr^3; lattice vectors "
+                         "are coplanar)")
+
+
+def _check_periodic_overlap(label: str, positions: np.ndarray, cell: np.ndarray) -> None:
+    """InputError when two atoms, or an atom and its own image, are closer than
+    :data:`MIN_DISTANCE_BOHR` under the minimum-image convention (any cell shape)."""
+    from ase.geometry import get_distances, minkowski_reduce
+
+    rcell, _ = minkowski_reduce(cell, pbc=True)
+    shortest = float(np.linalg.norm(rcell, axis=1).min())
+    if shortest < MIN_DISTANCE_BOHR:
+        raise InputError(f"{label}: every atom overlaps its own periodic image (shortest lattice "
+                         f"vector {shortest:.3f} bohr)")
+    if len(positions) < 2:
+        return
+    _, d = get_distances(positions, cell=cell, pbc=True)
+    d[np.diag_indices(len(positions))] = np.inf
+    if d.min() < MIN_DISTANCE_BOHR:
+        i, j = np.unravel_index(np.argmin(d), d.shape)
+        raise InputError(f"{label}: atoms {i} and {j} overlap through the periodic images "
+                         f"({d.min():.3f} bohr apart)")
 
 
 def from_ase(atoms, name: str = "", source: str = "", charge: int | None = None,
@@ -221,7 +316,11 @@ def read_structures(path: str, index=":", charge: int | None = None,
     out = []
     for i, atoms in enumerate(frames):
         name = stem if len(frames) == 1 else f"{stem}_{i}"
-        out.append(from_ase(atoms, name=name, source=f"{path}@{i}", charge=charge, spin=spin))
+        try:
+            out.append(from_ase(atoms, name=name, source=f"{path}@{i}", charge=charge, spin=spin))
+        except InputError as exc:
+            msg = str(exc)
+            raise InputError(msg if path in msg else f"{path}: frame {i}: {msg}") from None
     return out
 
 
@@ -313,9 +412,38 @@ def structure_from_chk(path: str) -> Structure:
         pos = np.array([a[1] for a in atoms], dtype=np.float64)
         # _atom is stored in bohr
         name = os.path.splitext(os.path.basename(path))[0]
-        return Structure(numbers=numbers, positions=pos, charge=int(d.get("charge", 0)),
-                         spin=int(d.get("spin", 0)), name=name, source=path)
+        cell = chk_cell(path, d)
+        pbc = np.ones(3, dtype=bool) if cell is not None else np.zeros(3, dtype=bool)
+        return Structure(numbers=numbers, positions=pos,
+                         cell=cell if cell is not None else np.zeros((3, 3)), pbc=pbc,
+                         charge=int(d.get("charge", 0)), spin=int(d.get("spin", 0)), name=name,
+                         source=path)
     except InputError:
         raise
     except Exception as exc:
         raise InputError(f"{path}: cannot parse the molecule record ({type(exc).__name__}: {exc})") from None
+
+
+#: Dataset in a chkfile's densitylearn group holding the lattice vectors (rows, bohr).
+CHK_CELL_DATASET = "densitylearn/cell_bohr"
+
+
+def chk_cell(path: str, record: dict):
+    """Lattice vectors (3, 3) in bohr of a periodic chkfile, or None for a molecule.
+
+    Read from :data:`CHK_CELL_DATASET` when densitylearn wrote the file, else from the
+    ``a`` and ``unit`` fields of PySCF's Cell record (parsed as a literal, never evaluated).
+    """
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        if CHK_CELL_DATASET in f:
+            return np.asarray(f[CHK_CELL_DATASET][()], dtype=np.float64).reshape(3, 3)
+    a = record.get("a")
+    if a is None:
+        return None
+    if isinstance(a, str):
+        a = ast.literal_eval(a)
+    a = np.asarray(a, dtype=np.float64).reshape(3, 3)
+    unit = str(record.get("unit", "angstrom")).strip("'\" ").lower()
+    return a if unit.startswith(("b", "au")) else a * ANGSTROM_BOHR

@@ -188,8 +188,8 @@ def test_bad_inputs_one_line_exit_2(case, computed, tmp_path, capsys):
         f = _write(tmp_path / "nan.xyz", "2\n\nH 0 0 0\nH 0 0 nan\n")
     elif case == "periodic":
         f = _write(tmp_path / "cell.xyz",
-                   '1\nLattice="3 0 0 0 3 0 0 0 3" Properties=species:S:1:pos:R:3 pbc="T T T"\n'
-                   "H 0 0 0\n")
+                   '2\nLattice="3 0 0 0 3 0 0 0 3" Properties=species:S:1:pos:R:3 pbc="T T T"\n'
+                   "H 0 0 0\nH 2.99 0 0\n")
     elif case == "bad_frame":  # the bad structure comes after a good one: nothing is computed
         f = _write(tmp_path / "frames.xyz", H2 + "2\n\nH 0 0 0\nH 0 0 0.01\n")
     elif case == "xc":
@@ -201,7 +201,7 @@ def test_bad_inputs_one_line_exit_2(case, computed, tmp_path, capsys):
     if case != "xc":
         assert os.path.basename(f) in lines[0]
     if case == "periodic":
-        assert "periodic structures are not supported by compute yet" in lines[0]
+        assert "overlap through the periodic images" in lines[0]
     if case == "bad_frame":
         assert "frames_1" in lines[0]
     assert {n: os.stat(os.path.join(out, n)).st_mtime_ns for n in os.listdir(out)} == before

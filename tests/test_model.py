@@ -127,9 +127,9 @@ def test_collate_keys_and_layout(basis, mols, dataset_path):
         G.GraphDataset(dataset_path, "saed")
 
 
-def test_periodic_structure_refused(basis, mols):
-    rec = dict(mols[0], pbc=np.array([True, True, True]), cell=np.eye(3) * 10)
-    with pytest.raises(InputError, match="periodic"):
+def test_partly_periodic_structure_refused(basis, mols):
+    rec = dict(mols[0], pbc=np.array([True, True, False]), cell=np.eye(3) * 10)
+    with pytest.raises(InputError, match="partly periodic"):
         G.collate([rec], basis)
 
 

@@ -2,7 +2,9 @@
 
 Structures come from ASE-readable files (every frame of multi-frame xyz/extxyz/sdf; names
 STEM or STEM_FRAME) and/or QM9 indices (names qm9_000123). Closed shells run restricted
-KS, open shells unrestricted. Every input is validated before any SCF starts; one bad
+KS, open shells unrestricted. Periodic structures (CIF, POSCAR, extxyz with a lattice and
+pbc) run pyscf.pbc restricted KS with GTH pseudopotentials (gth-dzvp / gth-pbe by
+default) at the gamma point or on a --kmesh. Every input is validated before any SCF starts; one bad
 structure aborts the run. Existing chkfiles are skipped, so a killed run resumes; an
 unconverged SCF is kept as OUT/<name>.unconverged.chk and reported. Exit status: 0 when
 everything converged, 1 when some structure failed or did not converge, 2 on bad input.
@@ -22,7 +24,16 @@ def add_arguments(parser) -> None:
                         help="QM9 molecules by index, e.g. 1-1000,120000-120049 "
                              "(needs densitylearn[qm9]; >= 120000 is the held-out range)")
     parser.add_argument("--xc", default="pbe", help="exchange-correlation functional (default: pbe)")
-    parser.add_argument("--basis", default="def2-svp", help="orbital basis (default: def2-svp)")
+    parser.add_argument("--basis", default=None,
+                        help="orbital basis (default: def2-svp for molecules, gth-dzvp for cells)")
+    parser.add_argument("--pseudo", default="gth-pbe",
+                        help="pseudopotential of periodic structures (default: gth-pbe)")
+    parser.add_argument("--kmesh", default="1,1,1", metavar="N1,N2,N3",
+                        help="k-point mesh of periodic structures, e.g. 2,2,2 (default: 1,1,1, "
+                             "gamma point)")
+    parser.add_argument("--ke-cutoff", type=float, default=None, metavar="HARTREE",
+                        help="kinetic-energy cutoff of the FFT mesh of periodic structures "
+                             "(default: PySCF's, from the basis)")
     parser.add_argument("--charge", type=int, default=None,
                         help="net charge for every structure (default: from the file's info, else 0)")
     parser.add_argument("--spin", type=int, default=None,
@@ -64,6 +75,11 @@ def run(args) -> int:
     if args.workers < 1:
         raise InputError(f"--workers must be >= 1, got {args.workers}")
     shard = parse_shard(args.shard)
+    from ..reference import parse_kmesh
+
+    kmesh = parse_kmesh(args.kmesh)
+    if args.ke_cutoff is not None and not args.ke_cutoff > 0:
+        raise InputError(f"--ke-cutoff must be positive, got {args.ke_cutoff}")
 
     structures = read_inputs(args.inputs, charge=args.charge, spin=args.spin)
     if args.qm9:
@@ -81,6 +97,6 @@ def run(args) -> int:
         structures, args.out, xc=args.xc, basis=args.basis, grid_level=args.grid_level,
         conv_tol=args.conv_tol, max_cycle=args.max_cycle, device=args.device,
         workers=args.workers, shard=shard, overwrite=args.overwrite,
-        progress=not args.no_progress)
+        progress=not args.no_progress, pseudo=args.pseudo, kmesh=kmesh, ke_cutoff=args.ke_cutoff)
     print(format_summary(summary), file=sys.stdout, flush=True)
     return 1 if summary["failed"] or summary["unconverged"] else 0

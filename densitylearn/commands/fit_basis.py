@@ -31,13 +31,22 @@ def add_arguments(p):
     p.add_argument("--keep-going", action="store_true",
                    help="skip chkfiles that cannot be fitted instead of stopping")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--rcond", type=float, default=None,
+                   help="periodic chkfiles only: relative eigenvalue cut of the grid least-squares fit "
+                        "(default: 1e-10; raise it, e.g. to 1e-6, when coarse meshes give huge coefficients)")
 
 
 def run(args):
     from ..preprocess import FitSettings, fit_basis, format_summary
 
+    from ..errors import InputError
+    from ..gridfit import DEFAULT_RCOND
+
+    if args.rcond is not None and not 0 < args.rcond < 1:
+        raise InputError(f"--rcond must lie in (0, 1), got {args.rcond}")
     settings = FitSettings(auxbasis=args.auxbasis, metric=args.metric, constrain=not args.no_constraint,
-                           floor_grid_level=-1 if args.no_floors else args.floor_grid_level, xc=args.xc)
+                           floor_grid_level=-1 if args.no_floors else args.floor_grid_level, xc=args.xc,
+                           periodic_rcond=DEFAULT_RCOND if args.rcond is None else float(args.rcond))
     summary = fit_basis(args.chk, args.out, settings, workers=args.workers, shard=args.shard,
                         overwrite=args.overwrite, progress=not args.quiet, keep_going=args.keep_going)
     print(format_summary(summary))

@@ -27,6 +27,10 @@ def add_arguments(p):
     p.add_argument("--xc", default="pbe", help="functional of the SAED atoms (default: %(default)s)")
     p.add_argument("--ref-basis", default="def2-svp",
                    help="orbital basis of the SAED atoms and of etb:BETA (default: %(default)s)")
+    p.add_argument("--pseudo", default=None, metavar="NAME",
+                   help="SAED of pseudo-atoms with this GTH pseudopotential (e.g. gth-pbe, with a GTH "
+                        "--ref-basis such as gth-dzvp) for valence densities of GTH references; "
+                        "--electrons auto then counts valence electrons")
     p.add_argument("--electrons", default=None, metavar="N|auto",
                    help="constrain the fit to N electrons ('auto': sum(Z) - charge, all-electron "
                         "densities only; a VASP valence density needs NELECT)")
@@ -50,7 +54,7 @@ def run(args):
                               difference=args.difference, xc=args.xc, ref_basis=args.ref_basis,
                               electrons=args.electrons, charge=args.charge, spin=args.spin,
                               rcond=DEFAULT_RCOND if args.rcond is None else args.rcond,
-                              device=args.device, overwrite=args.overwrite)
+                              device=args.device, overwrite=args.overwrite, pseudo=args.pseudo)
     if args.json:
         with atomic_path(args.json, suffix=".json") as tmp:
             with open(tmp, "w") as fh:
