@@ -3,7 +3,7 @@
 Works on a fit-basis dataset (then the numbers are the basis's fitting floors) and on a
 prediction file (same schema; then they are the model's errors). For every structure the
 reference density comes from the chkfile's density matrix (never from its fit) on a Becke
-grid; each target present is reconstructed (difference-density coefficients plus the
+grid (periodic cells: on the reference's uniform FFT mesh, with lattice sums); each target present is reconstructed (difference-density coefficients plus the
 analytic SAED for DCD) and compared through :mod:`densitylearn.metrics`.
 """
 
@@ -39,6 +39,59 @@ def _reference_map(paths) -> dict:
     return out
 
 
+def _evaluate_cell(ds, i, rec, ref, targets, saed, path) -> dict:
+    """One periodic structure: eps_mae on the reference's uniform FFT mesh (lattice sums).
+
+    The valence reference density comes from the chkfile's density matrices; the
+    coefficients are evaluated with :func:`densitylearn.grid.evaluate_density_periodic`.
+    Per-element and radial profiles need an atom-centred grid and are not reported.
+    """
+    import torch
+
+    from .grid import evaluate_density_periodic
+    from .reference import periodic_density_on_mesh
+
+    rho_ref, axes = periodic_density_on_mesh(ref)
+    idx = np.stack(np.meshgrid(*[np.arange(n) for n in rho_ref.shape], indexing="ij"), -1).reshape(-1, 3)
+    points = idx.astype(np.float64) @ axes
+    rho_ref = rho_ref.reshape(-1)
+    weights = np.full(len(points), abs(float(np.linalg.det(axes))))
+    row = {"name": rec["name"], "n_atoms": int(len(rec["numbers"])), "reference": ref.path,
+           "grid": "fft-mesh " + "x".join(str(n) for n in ref.mol.mesh)}
+    for t in targets:
+        coef = ds.basis.check_coefficients(rec["numbers"], ds.coefficients(i, t),
+                                           label=f"{path}: structure {rec['name']}")
+        with torch.no_grad():
+            rho = evaluate_density_periodic(ds.basis, rec["numbers"], rec["positions"], rec["cell"], coef,
+                                            points, saed=saed if t == "difference" else None).cpu().numpy()
+        row[f"eps_mae_{t}"] = eps_mae(rho, rho_ref, weights)
+    if len(targets) == 2:
+        row["relative_gain"] = float(relative_gain(row["eps_mae_total"], row["eps_mae_difference"]))
+    return row
+
+
+#: Reference densities on Becke grids kept between evaluations in one process (several
+#: models scored on the same held-out set), keyed by chkfile, its mtime and the grid level.
+_REFERENCE_CACHE: dict = {}
+_REFERENCE_CACHE_SIZE = 64
+
+
+def _reference_on_grid(chk: str, ref, grid_level: int):
+    """(points, weights, atom_index, rho_ref) of a molecular reference; cached."""
+    from .grid import becke_grid
+
+    key = (os.path.abspath(chk), os.path.getmtime(chk), int(grid_level))
+    if key not in _REFERENCE_CACHE:
+        points, weights, atom_index = becke_grid(ref.mol, level=grid_level, return_atoms=True)
+        if len(_REFERENCE_CACHE) >= _REFERENCE_CACHE_SIZE:
+            _REFERENCE_CACHE.pop(next(iter(_REFERENCE_CACHE)))
+        entry = (points, weights, atom_index, reference_density(ref.mol, ref.dm, points))
+        for a in entry:
+            a.setflags(write=False)  # shared between evaluations: never modified in place
+        _REFERENCE_CACHE[key] = entry
+    return _REFERENCE_CACHE[key]
+
+
 def evaluate_file(path: str, references=None, grid_level: int = DEFAULT_GRID_LEVEL,
                   expect_auxbasis: str | None = None, progress: bool = True, limit: int | None = None) -> dict:
     """Evaluate every structure of a coefficient file. Returns a JSON-able report dict.
@@ -62,7 +115,7 @@ def evaluate_file(path: str, references=None, grid_level: int = DEFAULT_GRID_LEV
 
     from .basis import AuxBasis
     from .data import CoefficientDataset
-    from .grid import becke_grid, evaluate_density
+    from .grid import evaluate_density
     from .reference import load_reference
     from .structure import Structure
 
@@ -85,11 +138,14 @@ def evaluate_file(path: str, references=None, grid_level: int = DEFAULT_GRID_LEV
         if not chk or not os.path.isfile(chk):
             raise InputError(f"{path}: structure {name}: reference chkfile {chk!r} not found; pass --reference")
         ref = load_reference(chk)
-        mine = Structure(numbers=rec["numbers"], positions=rec["positions"], name=name)
+        mine = Structure(numbers=rec["numbers"], positions=rec["positions"], cell=rec["cell"], pbc=rec["pbc"],
+                         name=name)
         if not mine.same_geometry(ref.structure, atol=1e-6):
             raise MismatchError(f"{path}: structure {name}: geometry differs from its reference {chk}")
-        points, weights, atom_index = becke_grid(ref.mol, level=grid_level, return_atoms=True)
-        rho_ref = reference_density(ref.mol, ref.dm, points)
+        if mine.is_periodic:
+            rows.append(_evaluate_cell(ds, i, rec, ref, targets, saed, path))
+            continue
+        points, weights, atom_index, rho_ref = _reference_on_grid(chk, ref, grid_level)
         row = {"name": name, "n_atoms": int(len(rec["numbers"])), "reference": chk}
         for t in targets:
             coef = ds.basis.check_coefficients(rec["numbers"], ds.coefficients(i, t),
@@ -136,7 +192,8 @@ def evaluate_file(path: str, references=None, grid_level: int = DEFAULT_GRID_LEV
 def write_cubes(path: str, folder: str, references=None, spacing: float = 0.2, margin: float = 4.0,
                 limit: int | None = None) -> int:
     """Cube files per structure: total and error densities (and the difference density for
-    DCD coefficients) on a uniform box. Returns the number of files written."""
+    DCD coefficients) on a uniform box; periodic cells get cube and CHGCAR files of their
+    own uniform grid (no error density). Returns the number of files written."""
     from .cube import density_cubes
     from .data import CoefficientDataset
     from .reference import load_reference
@@ -148,6 +205,13 @@ def write_cubes(path: str, folder: str, references=None, spacing: float = 0.2, m
     n = 0
     for i in range(len(ds) if limit is None else min(limit, len(ds))):
         rec = ds[i]
+        if np.asarray(rec["pbc"]).any():  # a cell: its own uniform grid, cube and CHGCAR
+            from .cube import density_cell_files
+
+            n += len(density_cell_files(folder, rec["name"], ds.basis, rec["numbers"], rec["positions"],
+                                        rec["cell"], ds.coefficients(i, target),
+                                        saed=ds.saed if target == "difference" else None, spacing=spacing))
+            continue
         chk = refs.get(rec["name"]) or rec["source"]
         reference = None
         if chk and os.path.isfile(chk):

@@ -663,7 +663,7 @@ def nscf_predictions(predictions, xc: str, orbital_basis: str, grid_level: int =
     forces_from : callable, optional
         A ``predict`` callable (``Predictor.predict``): adds :func:`harris_forces`
         (``forces_ev_per_angstrom``) and, for chkfile references, the analytic reference
-        forces and the error ``force_mae_mev_per_angstrom`` (mean |component| error) and
+        forces and the error ``force_mae_mev_per_angstrom`` (mean absolute component error) and
         ``force_max_mev_per_angstrom``.
     force_step : float
         Central-difference step, bohr.
