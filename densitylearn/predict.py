@@ -8,6 +8,16 @@
 >>> pred.electron_count()                            # electrons, analytic
 >>> pred.write_cube("cubes")                         # bohr, e/bohr^3
 
+Periodic crystals (``ase.Atoms`` with a cell and ``pbc=True``, POSCAR/CIF/extxyz files,
+periodic chkfiles, ``pyscf.pbc`` Cells) go through a model trained on periodic data: the
+records carry ``cell`` and ``pbc`` (the model's neighbour lists reach the images),
+:meth:`Prediction.density` sums the auxiliary functions (and the SAED) over lattice images
+(:func:`densitylearn.grid.evaluate_density_periodic`), :meth:`Prediction.electron_count`
+is the valence count of a pseudopotential model and :meth:`Prediction.write_cube` writes a
+cube file and a VASP CHGCAR of the cell. A molecular model refuses cells and a periodic
+model refuses molecules; a periodic chkfile computed with another pseudopotential than the
+model's training data is refused too (one-line :class:`InputError`).
+
 Units: positions and points are in bohr everywhere in this module; ASE Atoms (Angstrom)
 and PySCF Moles are converted at the boundary by :mod:`densitylearn.structure`.
 Coefficients are dimensionless (unit-norm auxiliary functions); densities are e/bohr^3.
@@ -99,9 +109,7 @@ def as_structures(structures) -> list[Structure]:
         elif _is_ase(s):
             s = from_ase(s, name=f"structure_{i}" if not s.info.get("name") else "")
         elif _is_mole(s):
-            if type(s).__name__ == "Cell":
-                raise InputError(f"structure {i}: periodic PySCF Cells are not supported yet (molecules only)")
-            s = from_pyscf(s, name=f"structure_{i}")
+            s = _from_cell(s, f"structure_{i}") if _is_cell(s) else from_pyscf(s, name=f"structure_{i}")
         else:
             raise InputError(f"structure {i}: cannot predict a {type(s).__name__}; pass ase.Atoms, "
                              "Structure or pyscf Mole objects")
@@ -119,6 +127,20 @@ def _is_ase(obj) -> bool:
 
 def _is_mole(obj) -> bool:
     return hasattr(obj, "atom_coords") and hasattr(obj, "atom_charges")
+
+
+def _is_cell(obj) -> bool:
+    return _is_mole(obj) and hasattr(obj, "lattice_vectors")
+
+
+def _from_cell(cell, name: str) -> Structure:
+    """A periodic Structure (bohr) from a built ``pyscf.pbc.gto.Cell`` (nuclear charges, not
+    the pseudo-ions' valence charges)."""
+    from pyscf import gto
+
+    numbers = [int(gto.charge(cell.atom_symbol(i))) for i in range(cell.natm)]
+    return Structure(numbers=numbers, positions=cell.atom_coords(), cell=cell.lattice_vectors(),
+                     pbc=np.ones(3, dtype=bool), charge=int(cell.charge), spin=int(cell.spin), name=name)
 
 
 # ----------------------------------------------------------------------------- results
@@ -158,22 +180,32 @@ class Prediction:
     def density(self, points, chunk_size: int | None = None) -> np.ndarray:
         """Total density rho(r) (e/bohr^3) at ``points`` (ndarray (n_points, 3), bohr).
 
-        ``sum_P c_P chi_P(r)``, plus the analytic SAED for DCD. Returns ndarray (n_points,).
+        ``sum_P c_P chi_P(r)``, plus the analytic SAED for DCD; for a periodic structure
+        both are summed over the lattice images (the valence density of a pseudopotential
+        model). Returns ndarray (n_points,).
         """
         import torch
 
-        from .grid import evaluate_density
+        from .grid import evaluate_density, evaluate_density_periodic
 
+        s = self.structure
         coef = torch.as_tensor(self.coefficients, dtype=torch.float64, device=self.device)
+        pts = np.asarray(points, dtype=np.float64)
         with torch.no_grad():
-            rho = evaluate_density(self.basis, self.structure.numbers, self.structure.positions, coef,
-                                   np.asarray(points, dtype=np.float64), saed=self.saed, chunk_size=chunk_size)
+            if s.is_periodic:
+                rho = evaluate_density_periodic(self.basis, s.numbers, s.positions, s.cell, coef, pts,
+                                                saed=self.saed, chunk_size=chunk_size)
+            else:
+                rho = evaluate_density(self.basis, s.numbers, s.positions, coef, pts, saed=self.saed,
+                                       chunk_size=chunk_size)
         return rho.cpu().numpy()
 
     def electron_count(self) -> float:
         """Electrons in the predicted total density, analytic (no grid).
 
-        ``sum_P q_P c_P`` with ``q_P = int chi_P dr``, plus the SAED's electrons (sum Z) for DCD.
+        ``sum_P q_P c_P`` with ``q_P = int chi_P dr``, plus the SAED's electrons for DCD (sum Z,
+        or the valence counts of a pseudo-atom SAED). For a periodic structure: electrons per
+        cell (valence electrons for pseudopotential models).
         """
         z = self.structure.numbers
         q = np.concatenate([self.basis.s_integrals(int(x)) for x in z])
@@ -187,10 +219,20 @@ class Prediction:
 
         Uniform grid with ``spacing`` (bohr) and ``margin`` (bohr) around the atoms; values
         in e/bohr^3. Returns {kind: path}. Cubes are for looking at, not for integrating.
+
+        Periodic structures: the cell's own grid (at most ``spacing`` bohr between points
+        along each lattice vector; ``margin`` unused), lattice-summed, written as
+        ``<name>.<kind>.cube`` and ``<name>.<kind>.CHGCAR``
+        (:func:`densitylearn.cube.density_cell_files`); returns {``'<kind>.<format>'``: path}.
         """
-        from .cube import density_cubes
+        from .cube import density_cell_files, density_cubes
 
         os.makedirs(folder, exist_ok=True)
+        s = self.structure
+        if s.is_periodic:
+            files = density_cell_files(folder, self.name, self.basis, s.numbers, s.positions, s.cell,
+                                       self.coefficients, saed=self.saed, spacing=spacing)
+            return {f"{kind}.{fmt}": path for (kind, fmt), path in files.items()}
         return density_cubes(folder, self.name, self.basis, self.structure.numbers, self.structure.positions,
                              self.coefficients, saed=self.saed, spacing=spacing, margin=margin)
 
@@ -226,6 +268,11 @@ class Predictor:
     charges, spins : tuple of int
         Net charges (e) and 2S values the model supports (see the module docstring).
     device : torch.device
+    periodic : bool
+        Whether the model was trained on periodic cells (then it refuses molecules, and a
+        molecular model refuses cells).
+    pseudo : str
+        Pseudopotential of the training references ('' for all-electron).
     """
 
     model: object
@@ -238,6 +285,8 @@ class Predictor:
     charges: tuple = (0,)
     spins: tuple = (0,)
     device: object = None
+    periodic: bool = False
+    pseudo: str = ""
 
     @property
     def basis(self):
@@ -252,17 +301,24 @@ class Predictor:
     def check(self, structures) -> list[Structure]:
         """Convert (:func:`as_structures`) and validate every structure before any work.
 
-        Raises a one-line :class:`InputError` naming the first structure that is periodic,
-        has an element outside the model, or a charge or spin the model does not support.
+        Raises a one-line :class:`InputError` naming the first structure that is periodic
+        for a molecular model (or a molecule for a periodic model), has an element outside
+        the model, a charge or spin the model does not support, or (periodic chkfiles) a
+        pseudopotential other than the model's.
         """
         from ase.data import chemical_symbols
 
         out = as_structures(structures)
+        # read leniently: stand-ins with the older Predictor interface have neither attribute
+        periodic = bool(getattr(self, "periodic", False))
         allowed = set(self.elements)
         covered = " ".join(chemical_symbols[z] for z in self.elements)
         for s in out:
-            if s.is_periodic:
-                raise InputError(f"structure {s.label}: periodic structures are not supported yet (molecules only)")
+            if s.is_periodic and not periodic:
+                raise InputError(f"structure {s.label}: a periodic cell, but the model was trained on molecules")
+            if periodic and not s.is_periodic:
+                raise InputError(f"structure {s.label}: a molecule, but the model was trained on periodic cells "
+                                 "(give a cell and pbc)")
             bad = sorted(set(s.numbers.tolist()) - allowed)
             if bad:
                 raise InputError(f"structure {s.label}: element {chemical_symbols[bad[0]]} (Z={bad[0]}) is not "
@@ -270,7 +326,36 @@ class Predictor:
             if s.charge not in self.charges or s.spin not in self.spins:
                 raise InputError(f"structure {s.label}: charge {s.charge:+d}, 2S={s.spin}, but the model supports "
                                  f"{_support_text(self.charges, self.spins)}")
+            if s.is_periodic and str(s.source).endswith(".chk") and os.path.isfile(s.source):
+                pseudo = _chk_pseudo(s.source)
+                if pseudo is not None:
+                    self.check_pseudo(pseudo, f"structure {s.label} ({s.source})")
         return out
+
+    def check_pseudo(self, pseudo, context: str) -> None:
+        """InputError when ``pseudo`` (a reference's or a calculation's) differs from the model's."""
+        from .reference import _norm_basis
+
+        have, want = _norm_basis(self.pseudo or ""), _norm_basis(pseudo or "")
+        if have != want:
+            raise InputError(f"{context}: pseudopotential {pseudo or 'none (all-electron)'!r}, but the model "
+                             f"was trained on {self.pseudo or 'all-electron'!r} densities")
+
+    def n_electrons(self, structure: Structure) -> float:
+        """Electrons of the density the model predicts for ``structure``.
+
+        ``sum Z - charge`` for all-electron models; for pseudopotential models the valence
+        count (the SAED's valence electrons, else the pseudopotential's) minus the charge.
+        """
+        if not self.pseudo:
+            return float(structure.n_electrons)
+        from .saed import valence_electrons
+
+        if self.saed is not None and self.saed.pseudo:
+            n = sum(self.saed.electrons(int(z)) for z in structure.numbers)
+        else:
+            n = sum(valence_electrons(int(z), self.pseudo) for z in structure.numbers)
+        return float(n) - structure.charge
 
     def iter_predict(self, structures, batch_size: int = DEFAULT_BATCH_SIZE, checked: bool = False):
         """Yield one :class:`Prediction` per structure, in input order, ``batch_size`` at a time."""
@@ -284,8 +369,7 @@ class Predictor:
         saed = self.saed if self.target == "difference" else None
         for start in range(0, len(items), int(batch_size)):
             chunk = items[start:start + int(batch_size)]
-            records = [{"numbers": s.numbers, "positions": s.positions, "charge": s.charge, "spin": s.spin,
-                        "name": s.label} for s in chunk]
+            records = [self._record(s) for s in chunk]
             batch = G.to_device(G.collate(records, self.basis), self.device)
             with torch.inference_mode():
                 out = self.model(batch)
@@ -294,6 +378,16 @@ class Predictor:
             for k, s in enumerate(chunk):
                 yield Prediction(coefficients=coef[off[k]:off[k + 1]].copy(), target=self.target, basis=self.basis,
                                  saed=saed, structure=s, device=str(self.device))
+
+    def _record(self, s: Structure) -> dict:
+        """The model's input record of one structure (cells: ``cell``, ``pbc`` and, for a
+        pseudopotential total-density model, the valence ``n_electrons``)."""
+        rec = {"numbers": s.numbers, "positions": s.positions, "charge": s.charge, "spin": s.spin, "name": s.label}
+        if s.is_periodic:
+            rec.update(cell=s.cell, pbc=s.pbc)
+        if self.pseudo:
+            rec["n_electrons"] = self.n_electrons(s)
+        return rec
 
     def predict(self, structures, batch_size: int = DEFAULT_BATCH_SIZE) -> list[Prediction]:
         """Predict densities of ``structures`` (ase.Atoms, Structure, pyscf Mole, or a list).
@@ -307,12 +401,27 @@ class Predictor:
         """Attributes of a prediction file (:func:`densitylearn.data.make_header`)."""
         from .data import make_header
 
+        extra = {"model": json.dumps(self.description), "checkpoint": os.path.abspath(self.checkpoint)}
+        if self.pseudo:
+            extra["pseudo"] = self.pseudo
         return make_header(self.basis, kind="prediction", targets=(self.target,),
                            saed=self.saed if self.target == "difference" else None,
                            metric=self.description.get("training_dataset", {}).get("metric") or None,
-                           xc=self.xc, orbital_basis=self.orbital_basis,
-                           extra={"model": json.dumps(self.description),
-                                  "checkpoint": os.path.abspath(self.checkpoint)})
+                           xc=self.xc, orbital_basis=self.orbital_basis, extra=extra)
+
+
+def _chk_pseudo(path: str) -> str | None:
+    """Pseudopotential a densitylearn chkfile records ('' for all-electron; None when the file
+    does not say, e.g. a chkfile written by PySCF alone: then it is not checked here)."""
+    from .reference import read_settings
+
+    try:
+        settings = read_settings(path)
+    except InputError:
+        return None
+    if "pseudo" not in settings:
+        return None
+    return str(settings.get("pseudo") or "")
 
 
 def _support_text(charges, spins) -> str:
@@ -349,6 +458,10 @@ def load_model(path_or_name, device=None) -> Predictor:
     ds = dict(ck.get("dataset") or {})
     charges = tuple(int(c) for c in ds.get("charges", [0])) or (0,)
     spins = tuple(int(s) for s in ds.get("spins", [0])) or (0,)
+    pseudo = str(ds.get("pseudo", "") or (saed.pseudo if saed is not None and saed.pseudo else ""))
+    # checkpoints written before cells were trained on record neither flag: their pseudo-atom
+    # SAED or the dataset's grid metric tells
+    periodic = bool(ds.get("periodic", bool(pseudo) or ds.get("metric") == "grid-l2"))
     desc = {k: v for k, v in ck["model"].items() if k != "basis"}
     desc.update(basis_name=model.basis.name, basis_hash=model.basis.hash,
                 training_dataset={k: v for k, v in ds.items() if isinstance(v, (str, int, float, bool, list))},
@@ -356,7 +469,7 @@ def load_model(path_or_name, device=None) -> Predictor:
                 card=json.loads(ck["card"]) if ck.get("card") else {})
     return Predictor(model=model, target=model.target, saed=saed, xc=str(ds.get("xc", "")),
                      orbital_basis=str(ds.get("orbital_basis", "")), checkpoint=path, description=desc,
-                     charges=charges, spins=spins, device=device)
+                     charges=charges, spins=spins, device=device, periodic=periodic, pseudo=pseudo)
 
 
 def _resolve_device(device):

@@ -35,6 +35,13 @@ displaced geometry (the model defines rho_in(R)); 6 N non-self-consistent evalua
 grids and SAED rebuilt at each. :func:`reference_forces` gives the analytic PySCF forces
 of a converged reference SCF to compare with.
 
+Periodic cells: :func:`nscf_periodic` does the same for a ``pyscf.pbc`` cell on its FFT
+mesh (FFT Hartree potential with G = 0 removed, libxc v_xc, PySCF's kinetic and GTH
+pseudopotential integrals, one diagonalisation per k-point): band energies, the band gap
+over the k-mesh, the direct gap and the Harris energy per atom;
+:func:`nscf_periodic_entry` compares a predicted cell with its chkfile reference and
+:func:`nscf_predictions` dispatches cells there. The molecular functions are unchanged.
+
 SCF guesses: :func:`guess_density_matrix` (the output density matrix, usable as ``dm0`` in
 PySCF and gpu4pyscf), :func:`run_scf_with_guess` and :func:`compare_guesses` (iterations
 and wall time against PySCF's ``minao``/``atom``/``huckel``/``sap`` guesses; a run that
@@ -643,7 +650,8 @@ def _mae(values) -> float:
 
 def nscf_predictions(predictions, xc: str, orbital_basis: str, grid_level: int = 3,
                      override: bool = False, progress=None, forces_from=None,
-                     force_step: float = FORCE_STEP_BOHR) -> dict:
+                     force_step: float = FORCE_STEP_BOHR, *, pseudo: str | None = None, kmesh=None,
+                     ke_cutoff: float | None = None) -> dict:
     """Non-self-consistent properties of predicted densities, compared with references.
 
     Parameters
@@ -667,6 +675,10 @@ def nscf_predictions(predictions, xc: str, orbital_basis: str, grid_level: int =
         ``force_max_mev_per_angstrom``.
     force_step : float
         Central-difference step, bohr.
+    pseudo, kmesh, ke_cutoff
+        Periodic structures without a chkfile reference: the calculation's pseudopotential,
+        k-mesh (default gamma) and FFT cutoff (hartree; PySCF's default when None). A chkfile
+        reference brings its own (see :func:`nscf_periodic_entry`).
 
     Returns
     -------
@@ -685,6 +697,15 @@ def nscf_predictions(predictions, xc: str, orbital_basis: str, grid_level: int =
     entries = []
     for pred in predictions:
         s = pred.structure
+        if s.is_periodic:
+            if forces_from is not None:
+                raise InputError(f"structure {s.label}: Harris forces of periodic cells are not supported")
+            entry = nscf_periodic_entry(pred, xc, orbital_basis, pseudo=pseudo, kmesh=kmesh, ke_cutoff=ke_cutoff,
+                                        override=override)
+            entries.append(entry)
+            if progress is not None:
+                progress(entry)
+            continue
         ref = None
         if s.source and str(s.source).endswith(".chk") and os.path.isfile(s.source):
             ref = load_reference(s.source)
@@ -727,7 +748,10 @@ def nscf_predictions(predictions, xc: str, orbital_basis: str, grid_level: int =
     summary = {"n": len(entries), "n_compared": len(compared)}
     if compared:
         for k in ("energy_mev_per_atom", "gap_mev", "dipole_debye", "mo_energy_mae_mev"):
-            summary[f"mae_{k}"] = _mae([c[k] for c in compared])
+            summary[f"mae_{k}"] = _mae([c.get(k) for c in compared])
+        if any("band_energy_mae_mev" in c for c in compared):
+            for k in ("direct_gap_mev", "band_energy_mae_mev"):
+                summary[f"mae_{k}"] = _mae([c.get(k) for c in compared])
         if forces_from is not None:
             summary["mae_force_mev_per_angstrom"] = _mae([c["force_mae_mev_per_angstrom"] for c in compared])
     return {"settings": {"xc": xc, "orbital_basis": orbital_basis, "grid_level": int(grid_level),
@@ -743,6 +767,11 @@ def format_nscf(report: dict) -> str:
              f" {'dE meV/at':>10s} {'dgap meV':>9s} {'dmu D':>7s}"]
     for e in report["structures"]:
         p, err = e["prediction"], e["errors"]
+        if "dipole_norm_debye" not in p:  # periodic cell: no dipole
+            cmp = (f" {err['energy_mev_per_atom']:+10.3f} {err['gap_mev']:+9.2f} {'-':>7s}"
+                   if err else f" {'-':>10s} {'-':>9s} {'-':>7s}")
+            lines.append(f"{e['name'][:24]:<24s} {p['energy_hartree']:16.8f} {p['gap_ev']:8.3f} {'-':>7s}{cmp}")
+            continue
         cmp = (f" {err['energy_mev_per_atom']:+10.3f} {err['gap_mev']:+9.2f} {err['dipole_debye']:7.4f}"
                if err else f" {'-':>10s} {'-':>9s} {'-':>7s}")
         lines.append(f"{e['name'][:24]:<24s} {p['energy_hartree']:16.8f} {p['gap_ev']:8.3f} "
@@ -751,9 +780,86 @@ def format_nscf(report: dict) -> str:
     if s.get("n_compared"):
         forces = (f", forces {s['mae_force_mev_per_angstrom']:.2f} meV/A"
                   if "mae_force_mev_per_angstrom" in s else "")
+        dipole = f", dipole {s['mae_dipole_debye']:.4f} D" if np.isfinite(s["mae_dipole_debye"]) else ""
+        bands = (f", band energies {s['mae_band_energy_mae_mev']:.2f} meV"
+                 if "mae_band_energy_mae_mev" in s else "")
         lines.append(f"mean |error| over {s['n_compared']} references: energy {s['mae_energy_mev_per_atom']:.3f} meV/atom, "
-                     f"gap {s['mae_gap_mev']:.2f} meV, dipole {s['mae_dipole_debye']:.4f} D{forces}")
+                     f"gap {s['mae_gap_mev']:.2f} meV{dipole}{forces}{bands}")
     return "\n".join(lines)
+
+
+def nscf_periodic_entry(pred, xc: str, orbital_basis: str, pseudo: str | None = None, kmesh=None,
+                        ke_cutoff: float | None = None, override: bool = False) -> dict:
+    """:func:`nscf_periodic` of one predicted cell, compared with its chkfile reference.
+
+    With a periodic chkfile as the structure's ``source`` the calculation uses the
+    reference's cell (orbital basis, pseudopotential, FFT mesh) and k-points, and the
+    reference density matrices go through the same one diagonalisation (``reference``);
+    otherwise the cell is built from ``orbital_basis``, ``pseudo`` (default: the SAED's),
+    ``ke_cutoff`` and the gamma-centred ``kmesh`` (default gamma).
+
+    Returns
+    -------
+    dict
+        name, n_atoms, target, periodic (True), ``prediction`` and ``reference``
+        (:meth:`PeriodicNSCFResult.record`), ``reference_e_tot_hartree`` and ``errors``:
+        ``energy_mev_per_atom``, ``gap_mev``, ``direct_gap_mev``, ``band_energy_mae_mev``
+        (occupied bands and the lowest empty band at every k-point) and
+        ``band_energy_max_mev``.
+    """
+    import os
+
+    from .errors import MismatchError
+    from .reference import _norm_basis, _norm_xc, load_reference, parse_kmesh
+
+    s = pred.structure
+    saed = pred.saed if pred.target == "difference" else None
+    ref = None
+    if s.source and str(s.source).endswith(".chk") and os.path.isfile(s.source):
+        ref = load_reference(s.source)
+        if not ref.is_periodic:
+            raise InputError(f"{s.source}: a molecular reference for the periodic structure {s.label}")
+        for what, have, want, norm in (("functional", ref.xc, xc, _norm_xc),
+                                       ("orbital basis", ref.basis, orbital_basis, _norm_basis)):
+            if have and norm(have) != norm(want) and not override:
+                raise MismatchError(f"{s.source}: reference {what} {have!r} differs from the calculation's "
+                                    f"{want!r} (pass --override to compare anyway)")
+        if not ref.structure.same_geometry(s):
+            raise MismatchError(f"{s.source}: the reference geometry differs from structure {s.label}")
+        cell, kpts = ref.mol, ref.kpts
+    else:
+        pp = pseudo if pseudo is not None else (saed.pseudo if saed is not None else None)
+        if pp is None and pred.saed is not None:
+            pp = pred.saed.pseudo
+        cell = s.to_pyscf_cell(basis=orbital_basis, pseudo=pp, ke_cutoff=ke_cutoff)
+        kpts = cell.make_kpts(list(parse_kmesh(kmesh if kmesh is not None else (1, 1, 1))))
+    if saed is not None and saed.pseudo and ref is not None and ref.pseudo \
+            and _norm_basis(saed.pseudo) != _norm_basis(ref.pseudo):
+        raise InputError(f"{s.source}: pseudopotential {ref.pseudo!r}, the model's SAED uses {saed.pseudo!r}")
+    res = nscf_periodic(cell, kpts, pred.coefficients, pred.basis, pred.target, xc, saed=saed)
+    entry = {"name": s.label, "n_atoms": int(len(s)), "target": pred.target, "periodic": True,
+             "prediction": res.record(), "reference": None, "reference_e_tot_hartree": None, "errors": None}
+    if ref is not None:
+        r0 = nscf_periodic(cell, kpts, dm=ref.dm, xc=xc)
+        entry["reference"] = r0.record()
+        entry["reference_e_tot_hartree"] = float(ref.e_tot)
+        entry["errors"] = periodic_errors(res, r0)
+    return entry
+
+
+def periodic_errors(res: PeriodicNSCFResult, ref: PeriodicNSCFResult) -> dict:
+    """Errors of ``res`` against ``ref`` (same cell and k-points), meV and meV/atom.
+
+    Band energies compared: every occupied band and the lowest empty band of the reference
+    at each k-point.
+    """
+    mev = HARTREE_EV * 1000
+    nocc = np.array([int((o > 0).sum()) for o in ref.occupations])
+    sel = [np.arange(min(n + 1, ref.band_energies.shape[1])) for n in nocc]
+    dev = np.concatenate([np.abs(res.band_energies[k, i] - ref.band_energies[k, i]) for k, i in enumerate(sel)])
+    return {"energy_mev_per_atom": (res.energy - ref.energy) * mev / res.n_atoms,
+            "gap_mev": (res.gap - ref.gap) * mev, "direct_gap_mev": (res.direct_gap - ref.direct_gap) * mev,
+            "band_energy_mae_mev": float(dev.mean() * mev), "band_energy_max_mev": float(dev.max() * mev)}
 
 
 def scf_predictions(predictions, xc: str, orbital_basis: str, guesses=PYSCF_GUESSES, grid_level: int = 3,
@@ -772,6 +878,9 @@ def scf_predictions(predictions, xc: str, orbital_basis: str, guesses=PYSCF_GUES
     entries = []
     for pred in predictions:
         s = pred.structure
+        if s.is_periodic:
+            raise InputError(f"structure {s.label}: SCF runs from a guess support molecules only, "
+                             "not periodic cells")
         mol = s.to_pyscf(basis=orbital_basis)
         t0 = time.perf_counter()
         dm0 = guess_density_matrix(mol, pred.coefficients, pred.basis, pred.target, xc, grid_level=grid_level,
@@ -806,3 +915,338 @@ def write_json(report: dict, path: str) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "w") as fh:
             json.dump(report, fh, indent=1, default=float)
+
+
+# ----------------------------------------------------------------------------- periodic cells
+#: Mesh points per block in the periodic grid loops.
+PERIODIC_BLOCK = 4096
+
+
+@dataclass(frozen=True, eq=False)
+class PeriodicNSCFResult:
+    """Properties of a periodic cell from one diagonalisation of ``F_k[rho_in]`` per k-point.
+
+    Attributes
+    ----------
+    energy : float
+        Harris-Foulkes energy per cell, hartree (PySCF's ``e_tot`` convention: electrons,
+        Ewald ion-ion energy of the pseudo-ions).
+    n_atoms : int
+    band_energies : ndarray, shape (n_k, nmo)
+        Eigenvalues of ``F_k`` (hartree), ascending per k-point.
+    occupations : ndarray, shape (n_k, nmo)
+        2 or 0: the ``n_k * n_electrons / 2`` lowest eigenvalues over the whole k-mesh are
+        filled (PySCF's ``KRKS.get_occ``).
+    kpts : ndarray, shape (n_k, 3)
+        Absolute k-points, bohr^-1.
+    vbm, cbm : float
+        Highest occupied and lowest unoccupied band energy over the k-mesh, hartree (cbm is
+        NaN when the basis has no empty band).
+    direct_gap : float
+        Smallest ``e_c(k) - e_v(k)`` at one k-point of the mesh, hartree.
+    n_electrons : float
+        Valence electrons of ``rho_in`` on the FFT mesh.
+    components : dict[str, float]
+        Harris terms per cell, hartree: ``band`` (k-averaged sum f eps), ``hartree``
+        (1/2 int v_H rho), ``xc`` (E_xc), ``vxc_rho`` (int v_xc rho), ``nuclear`` (Ewald).
+    xc : str
+    mesh : tuple of int
+        FFT mesh of the quadrature.
+    source : str
+        ``'coefficients:difference'``, ``'coefficients:total'`` or ``'density_matrix'``.
+    """
+
+    energy: float
+    n_atoms: int
+    band_energies: np.ndarray
+    occupations: np.ndarray
+    kpts: np.ndarray
+    vbm: float
+    cbm: float
+    direct_gap: float
+    n_electrons: float
+    components: dict
+    xc: str
+    mesh: tuple
+    source: str
+
+    @property
+    def gap(self) -> float:
+        """Band gap over the k-mesh (indirect in general), hartree; <= 0 for a metal."""
+        return self.cbm - self.vbm
+
+    @property
+    def energy_per_atom(self) -> float:
+        """Harris energy per atom, hartree."""
+        return self.energy / self.n_atoms
+
+    def record(self) -> dict:
+        """JSON-ready summary (plain floats and lists; units in the key names)."""
+        return {"energy_hartree": float(self.energy), "energy_per_atom_hartree": float(self.energy_per_atom),
+                "gap_ev": float(self.gap * HARTREE_EV), "direct_gap_ev": float(self.direct_gap * HARTREE_EV),
+                "vbm_ev": float(self.vbm * HARTREE_EV), "cbm_ev": float(self.cbm * HARTREE_EV),
+                "band_energies_hartree": self.band_energies.tolist(),
+                "occupations": self.occupations.tolist(), "kpts_bohr_inv": self.kpts.tolist(),
+                "n_electrons": float(self.n_electrons),
+                "components_hartree": {k: float(v) for k, v in self.components.items()},
+                "xc": self.xc, "mesh": [int(m) for m in self.mesh], "source": self.source}
+
+
+def _is_cell(obj) -> bool:
+    return hasattr(obj, "lattice_vectors") and hasattr(obj, "mesh")
+
+
+def make_auxcell(cell, basis):
+    """A :class:`pyscf.pbc.gto.Cell` with the auxiliary ``basis`` on ``cell``'s atoms and lattice.
+
+    Its AO order is the basis layout (:meth:`AuxBasis.layout`); ``pbc_eval_gto`` gives the
+    lattice-summed auxiliary functions (gamma point), so ``rho = chi @ c``.
+    """
+    from pyscf.pbc import gto as pbcgto
+
+    aux = pbcgto.Cell()
+    aux.atom = cell._atom
+    aux.unit = "Bohr"
+    aux.a = cell.lattice_vectors()
+    aux.basis = basis.to_pyscf_basis()
+    aux.mesh = cell.mesh
+    aux.precision = cell.precision
+    aux.dimension = 3
+    aux.verbose = 0
+    aux.spin = None
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        aux.build(dump_input=False, parse_arg=False)
+    return aux
+
+
+def saed_periodic_deriv(saed, numbers, positions, cell, points) -> np.ndarray:
+    """Lattice-summed SAED and its gradient at ``points``, shape (4, n_points).
+
+    Row 0 is the density (e/bohr^3, as :func:`densitylearn.grid.saed_periodic`), rows 1-3
+    its Cartesian gradient (e/bohr^4), analytic: for ``w r^p exp(-b r^2)`` (p even) the
+    gradient is ``2 d (p/2 r^(p-2) - b r^p) w exp(-b r^2)`` with ``d = r - R``.
+    """
+    from .grid import lattice_image_atoms
+
+    z = np.asarray(numbers, dtype=np.int64)
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    cut = {int(x): float(saed.cutoff(int(x))) for x in set(z.tolist())}
+    s_z, s_pos, _ = lattice_image_atoms(z, np.asarray(positions, dtype=np.float64), cell, pts, cut)
+    out = np.zeros((4, len(pts)))
+    for zz, x in zip(s_z, s_pos):
+        p, b, w = saed.terms(int(zz))
+        half = (p // 2).astype(np.int64)
+        d = pts - x
+        r2 = np.einsum("ij,ij->i", d, d)
+        idx = np.nonzero(r2 < cut[int(zz)] ** 2)[0]
+        if not len(idx):
+            continue
+        r2i = r2[idx, None]
+        e = w * np.exp(-b * r2i)
+        out[0, idx] += (e * r2i ** half).sum(1)
+        # d/d(r2) of r2^h exp(-b r2) = (h r2^(h-1) - b r2^h) exp(-b r2); h = 0 has no first term
+        dr2 = (e * (np.where(half > 0, half * r2i ** np.maximum(half - 1, 0), 0.0) - b * r2i ** half)).sum(1)
+        out[1:, idx] += 2.0 * dr2[None, :] * d[idx].T
+    return out
+
+
+class _PeriodicInput:
+    """rho_in of a cell on mesh points: density matrices per k, aux coefficients, SAED."""
+
+    def __init__(self, cell, kpts, dm=None, coefficients=None, basis=None, saed=None, numbers=None,
+                 positions=None):
+        self.cell, self.kpts, self.dm = cell, kpts, dm
+        self.c = None if coefficients is None else np.asarray(coefficients, dtype=np.float64)
+        self.auxcell = None if self.c is None else make_auxcell(cell, basis)
+        self.saed, self.numbers, self.positions = saed, numbers, positions
+
+    def on_points(self, coords, ao_k, ncomp: int) -> np.ndarray:
+        """rho (and its gradient for GGA) at ``coords``, shape (ncomp, n)."""
+        from pyscf.pbc.dft import numint as pnumint
+
+        n = len(coords)
+        rho = np.zeros((ncomp, n))
+        xctype = "LDA" if ncomp == 1 else "GGA"
+        if self.dm is not None:
+            for a, d in zip(ao_k, self.dm):
+                r = pnumint.eval_rho(self.cell, a if ncomp > 1 else a[0], d, xctype=xctype, hermi=1)
+                rho += np.asarray(r).real.reshape(ncomp, n)
+            rho /= len(self.dm)
+        if self.c is not None:
+            name = "GTOval_sph" if ncomp == 1 else "GTOval_sph_deriv1"
+            chi = np.asarray(self.auxcell.pbc_eval_gto(name, coords)).reshape(ncomp, n, -1)
+            rho += chi @ self.c
+        if self.saed is not None:
+            rho += saed_periodic_deriv(self.saed, self.numbers, self.positions,
+                                       self.cell.lattice_vectors(), coords)[:ncomp]
+        return rho
+
+
+def nscf_periodic(cell, kpts=None, coefficients=None, basis=None, target: str = "difference", xc: str = "pbe",
+                  saed=None, *, dm=None, block: int = PERIODIC_BLOCK) -> PeriodicNSCFResult:
+    """Harris energy and band energies of a cell from one input density, one diagonalisation per k.
+
+    ``rho_in`` (coefficients, plus the lattice-summed SAED for DCD, or density matrices per
+    k-point) is evaluated with its gradient on the cell's uniform FFT mesh (PySCF's
+    ``cell.get_uniform_grids``). The Kohn-Sham potential on the mesh is the Hartree
+    potential by FFT Poisson, ``v_H(G) = 4 pi rho(G) / G^2`` with G = 0 removed (PySCF's
+    ``tools.get_coulG``, as its FFTDF ``get_j``; the G = 0 terms of the pseudopotential and
+    the ions are in PySCF's ``get_pp`` and Ewald energy), and v_xc from libxc through
+    PySCF's ``eval_xc_eff``. ``F_k = h_core(k) + V(k)`` with PySCF's kinetic and GTH
+    pseudopotential integrals (``KRKS.get_hcore``); ``F_k C = S_k C eps`` per k-point;
+    occupations as PySCF's ``KRKS.get_occ``. The Harris-Foulkes energy per cell::
+
+        E_H = (1/n_k) sum_k sum_i f_ik eps_ik - 1/2 int v_H rho_in - int v_xc rho_in + E_xc + E_Ewald
+
+    (for GGA ``int v_xc rho`` includes ``2 vsigma |grad rho|^2``, the trace of the GGA
+    potential matrix with the density), so the converged SCF density matrices reproduce
+    PySCF's ``e_tot`` and its band energies.
+
+    Parameters
+    ----------
+    cell : pyscf.pbc.gto.Cell
+        Built cell in the orbital basis and pseudopotential of the calculation.
+    kpts : ndarray, shape (n_k, 3), optional
+        Absolute k-points (bohr^-1); default the gamma point.
+    coefficients : ndarray, shape (n_functions,), optional
+        The home atoms' auxiliary coefficients (PySCF order of ``basis``).
+    basis : AuxBasis
+    target : {'difference', 'total'}
+        ``'difference'``: the lattice-summed ``saed`` is added.
+    xc : str
+        LDA or GGA functional.
+    saed : SAED, optional
+        Pseudo-atom SAED for ``target='difference'`` (same pseudopotential as ``cell``).
+    dm : ndarray, shape (n_k, nao, nao), optional
+        Density matrices per k-point instead of coefficients.
+    block : int
+        Mesh points per block.
+
+    Returns
+    -------
+    PeriodicNSCFResult
+    """
+    import scipy.linalg
+    from pyscf.pbc import dft as pbcdft
+    from pyscf.pbc import tools as pbctools
+    from pyscf.pbc.dft import numint as pnumint
+
+    if not _is_cell(cell):
+        raise InputError("periodic non-self-consistent properties need a pyscf.pbc Cell")
+    xc = check_xc(xc)
+    if cell.spin != 0 or cell.nelectron % 2:
+        raise InputError(f"periodic non-self-consistent properties: closed-shell cells only "
+                         f"({cell.nelectron} electrons, 2S={cell.spin})")
+    kpts = np.zeros((1, 3)) if kpts is None else np.asarray(kpts, dtype=np.float64).reshape(-1, 3)
+    nk = len(kpts)
+    numbers = np.array([_nuclear_charge(cell.atom_symbol(i)) for i in range(cell.natm)])
+    if (coefficients is None) == (dm is None):
+        raise InputError("give either coefficients (with basis and target) or density matrices dm, not both")
+    if dm is not None:
+        d = np.asarray(dm)
+        if d.ndim == 2:
+            d = d[None]
+        if d.shape != (nk, cell.nao, cell.nao):
+            raise InputError(f"density matrices: shape {d.shape}, expected ({nk}, {cell.nao}, {cell.nao})")
+        if not np.all(np.isfinite(d)):
+            raise InputError("density matrices contain NaN or infinity")
+        density = _PeriodicInput(cell, kpts, dm=0.5 * (d + d.conj().transpose(0, 2, 1)))
+        source = "density_matrix"
+    else:
+        if target not in TARGETS:
+            raise InputError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+        if basis is None:
+            raise InputError("coefficients need their auxiliary basis (basis=AuxBasis)")
+        c = basis.check_coefficients(numbers, coefficients)
+        if target == "difference" and saed is None:
+            raise InputError("difference-density coefficients of a cell need the pseudo-atom SAED (saed=...)")
+        density = _PeriodicInput(cell, kpts, coefficients=c, basis=basis,
+                                 saed=saed if target == "difference" else None, numbers=numbers,
+                                 positions=cell.atom_coords())
+        source = f"coefficients:{target}"
+
+    ni = pnumint.KNumInt()
+    xctype = ni._xc_type(xc)
+    ncomp = 1 if xctype == "LDA" else 4
+    deriv = 0 if xctype == "LDA" else 1
+    mesh = tuple(int(m) for m in cell.mesh)
+    coords = cell.get_uniform_grids(mesh)
+    ng = len(coords)
+    weight = cell.vol / ng
+
+    # pass 1: rho_in on the mesh
+    rho = np.empty((ncomp, ng))
+    for p0 in range(0, ng, block):
+        pts = coords[p0:p0 + block]
+        ao_k = ni.eval_ao(cell, pts, kpts=kpts, deriv=deriv) if density.dm is not None else None
+        if ao_k is not None and deriv == 0:
+            ao_k = [a[None] for a in ao_k]
+        rho[:, p0:p0 + block] = density.on_points(pts, ao_k, ncomp)
+    n_elec = float(rho[0].sum() * weight)
+
+    # potentials on the mesh
+    coulg = pbctools.get_coulG(cell, mesh=mesh)
+    v_h = pbctools.ifft(coulg * pbctools.fft(rho[0], mesh), mesh).real.reshape(-1)
+    e_hartree = 0.5 * float(v_h @ rho[0]) * weight
+    exc, vxc = ni.eval_xc_eff(xc, rho[0] if ncomp == 1 else rho, deriv=1, xctype=xctype, spin=0)[:2]
+    vxc = np.asarray(vxc).reshape(ncomp, ng)
+    e_xc = float((rho[0] * exc).sum() * weight)
+    vxc_rho = float(np.sum(vxc * rho) * weight)
+    wv = vxc * weight
+    wv[0] += v_h * weight
+    wv[0] *= 0.5  # symmetrised below
+
+    # pass 2: V(k) = <phi_m^k | v_H + v_xc | phi_n^k>
+    nao = cell.nao
+    vmat = np.zeros((nk, nao, nao), dtype=np.complex128)
+    for p0 in range(0, ng, block):
+        pts = coords[p0:p0 + block]
+        ao_k = ni.eval_ao(cell, pts, kpts=kpts, deriv=deriv)
+        w = wv[:, p0:p0 + block]
+        for k, a in enumerate(ao_k):
+            a = np.asarray(a).reshape(ncomp, len(pts), nao)
+            aow = np.einsum("xgi,xg->gi", a, w)
+            vmat[k] += a[0].conj().T @ aow
+    vmat = vmat + vmat.conj().transpose(0, 2, 1)
+
+    mf = pbcdft.KRKS(cell, kpts)
+    mf.xc = xc
+    mf.verbose = 0
+    hcore = np.asarray(mf.get_hcore(cell, kpts))
+    ovlp = np.asarray(cell.pbc_intor("int1e_ovlp", hermi=1, kpts=kpts)).reshape(nk, nao, nao)
+    eps = np.empty((nk, nao))
+    for k in range(nk):
+        fk = hcore[k] + vmat[k]
+        eps[k] = scipy.linalg.eigh(0.5 * (fk + fk.conj().T), ovlp[k], eigvals_only=True)
+    nocc = cell.nelectron * nk // 2
+    fermi = np.sort(eps.ravel())[nocc - 1]
+    occ = np.where(eps <= fermi, 2.0, 0.0)
+    if int(round(occ.sum())) != 2 * nocc:  # degenerate at the Fermi level: fill in order
+        flat = np.argsort(eps.ravel(), kind="stable")
+        occ = np.zeros(eps.size)
+        occ[flat[:nocc]] = 2.0
+        occ = occ.reshape(eps.shape)
+    band = float((occ * eps).sum() / nk)
+    e_nuc = float(cell.energy_nuc())
+    energy = band - e_hartree - vxc_rho + e_xc + e_nuc
+    occd, empty = occ > 0, occ == 0
+    vbm = float(eps[occd].max())
+    cbm = float(eps[empty].min()) if empty.any() else float("nan")
+    direct = [eps[k][empty[k]].min() - eps[k][occd[k]].max() for k in range(nk)
+              if empty[k].any() and occd[k].any()]
+    return PeriodicNSCFResult(energy=float(energy), n_atoms=int(cell.natm), band_energies=eps, occupations=occ,
+                              kpts=kpts, vbm=vbm, cbm=cbm,
+                              direct_gap=float(min(direct)) if direct else float("nan"),
+                              n_electrons=n_elec,
+                              components={"band": band, "hartree": e_hartree, "xc": e_xc, "vxc_rho": vxc_rho,
+                                          "nuclear": e_nuc},
+                              xc=xc, mesh=mesh, source=source)
+
+
+def _nuclear_charge(symbol: str) -> int:
+    from pyscf import gto
+
+    return int(gto.charge(symbol))

@@ -8,6 +8,15 @@ diagonalisation gives the Harris-Foulkes energy (hartree), orbital energies and 
 HOMO-LUMO gap (eV); the dipole moment (Debye) is that of the predicted density. The
 functional and orbital basis default to the model's; asking for others is an error
 unless --override. LDA/GGA functionals, closed-shell molecules.
+
+Periodic cells (a model trained on pyscf.pbc references; periodic chkfiles, POSCAR, CIF or
+extxyz with a cell): the predicted valence density (DCD: plus the lattice-summed
+pseudo-atom SAED) on the cell's FFT mesh gives the Kohn-Sham potential (FFT Hartree, G = 0
+removed; libxc v_xc); one diagonalisation of h_core(k) + V(k) per k-point gives the band
+energies, the band gap over the k-mesh (and the direct gap) and the Harris energy per atom.
+A periodic chkfile brings its cell, FFT mesh and k-points and is compared with its density
+matrices; other cells use --kmesh, --ke-cutoff and the model's pseudopotential. The JSON
+output lists the band energies per k-point.
 """
 
 HELP = "Harris energy, gap and dipole from predicted densities (one diagonalisation)"
@@ -31,6 +40,12 @@ def add_arguments(p):
                         "with the analytic forces of chkfile references")
     p.add_argument("--force-step", type=float, default=None, metavar="BOHR",
                    help="central-difference step in bohr (default: 2e-3)")
+    p.add_argument("--kmesh", default=None, metavar="N1,N2,N3",
+                   help="periodic structures without a chkfile: gamma-centred k-mesh (default: gamma point)")
+    p.add_argument("--ke-cutoff", type=float, default=None, dest="ke_cutoff", metavar="HARTREE",
+                   help="periodic structures without a chkfile: FFT-mesh cutoff (default: PySCF's)")
+    p.add_argument("--pseudo", default=None,
+                   help="periodic structures: pseudopotential (default and only allowed value: the model's)")
     p.add_argument("--quiet", action="store_true", help="print the summary only")
 
 
@@ -42,6 +57,16 @@ def run(args):
     xc, basis = resolve_settings(predictor.xc, predictor.orbital_basis, args.xc, args.basis, args.override,
                                  context=f"model {args.model}")
     structures = predictor.check(read_inputs(args.structures))
+    if args.pseudo is not None:
+        predictor.check_pseudo(args.pseudo, "--pseudo")
+    if args.kmesh is not None:
+        from ..reference import parse_kmesh
+
+        parse_kmesh(args.kmesh)
+    if args.ke_cutoff is not None and not args.ke_cutoff > 0:
+        from ..errors import InputError
+
+        raise InputError(f"--ke-cutoff must be > 0 hartree, got {args.ke_cutoff}")
     from ..properties import FORCE_STEP_BOHR
 
     step = FORCE_STEP_BOHR if args.force_step is None else args.force_step
@@ -51,7 +76,9 @@ def run(args):
         raise InputError(f"--force-step must be > 0 bohr, got {step}")
     report = nscf_predictions(predictor.iter_predict(structures, checked=True), xc, basis,
                               grid_level=args.grid_level, override=args.override,
-                              forces_from=predictor.predict if args.forces else None, force_step=step)
+                              forces_from=predictor.predict if args.forces else None, force_step=step,
+                              pseudo=getattr(predictor, "pseudo", "") or None, kmesh=args.kmesh,
+                              ke_cutoff=args.ke_cutoff)
     report["settings"]["model"] = predictor.checkpoint
     report["settings"]["target"] = predictor.target
     text = format_nscf(report)

@@ -8,6 +8,12 @@ Every structure is checked before the model runs: elements outside the model, ch
 or open-shell structures for a neutral closed-shell model and unreadable files are
 errors. The output uses the coefficient-dataset schema (coefficients in PySCF order;
 positions bohr); with --cube, density cube files (bohr, e/bohr^3) are written too.
+
+Periodic cells (POSCAR, CIF, extxyz with a lattice, periodic chkfiles) need a model trained
+on cells (and a molecule a model trained on molecules); --cube then writes the cell's
+lattice-summed density as a cube file and a VASP CHGCAR on the cell's own grid
+(--cube-spacing; --cube-margin does not apply), and `densitylearn evaluate` scores the
+prediction file on the reference's FFT mesh.
 """
 
 HELP = "predict density coefficients (and cube files) with a trained model"
