@@ -128,8 +128,8 @@ def _pretrained_step(args, chks, floors) -> int:
         print(f"{n:<10} {errors['TCD'][n]:>12.3f} {errors['DCD'][n]:>12.3f} {floors[n][0]:>12.3f} {floors[n][1]:>12.3f}")
     better = sum(errors["DCD"][n] < errors["TCD"][n] for n in names)
     print(f"the DCD model is more accurate than the TCD model on {better} of {len(names)} molecules "
-          "(eps_mae on a level-3 Becke grid against the exact DFT density; the floors are the best "
-          "any model can do in this basis)")
+          "(eps_mae on a level-3 Becke grid against the exact DFT density; the floors are the errors of "
+          "the basis fit of the exact density itself)")
     print(f"cube files of the DCD model's prediction (total, difference, error vs DFT): {cubes}/")
     plot = _plot_models(errors, floors, os.path.join(args.out, "plots", "pretrained_tcd_vs_dcd.png"))
     if plot:
