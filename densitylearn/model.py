@@ -57,6 +57,9 @@ from .errors import InputError
 #: Targets a model can be built for.
 MODEL_TARGETS = G.GRAPH_TARGETS
 
+#: Tensor-product backends (:meth:`DensityModel.set_backend`).
+BACKENDS = ("e3nn", "cueq")
+
 _MAX_Z = 119
 
 
@@ -189,6 +192,9 @@ class _Interaction(torch.nn.Module):
         instructions = [(i, j, perm[k], mode, train) for i, j, k, mode, train in instructions]
         self.tp = o3.TensorProduct(irreps_in, irreps_sh, mid_sorted, instructions,
                                    shared_weights=False, internal_weights=False)
+        self._tp_spec = (irreps_in, irreps_sh, instructions, mid_sorted)
+        self.backend, self.backend_method = "e3nn", None
+        self._cueq = []  # a list, so that the cuEquivariance module stays out of state_dict
         self.radial = FullyConnectedNet([config.num_radial] + [config.radial_hidden] * config.radial_layers
                                         + [self.tp.weight_numel], torch.nn.functional.silu)
         self.linear_2 = o3.Linear(mid_sorted.simplify(), conv_out)
@@ -198,10 +204,26 @@ class _Interaction(torch.nn.Module):
         self.irreps_out = self.gate.irreps_out
         self.resnet = bool(config.resnet) and self.irreps_in == self.irreps_out
 
+    def _cueq_conv(self, like: torch.Tensor):
+        from .cueq import CueqConvolution
+
+        mod = self._cueq[0] if self._cueq else None
+        if mod is None or mod.weight_index.device != like.device or mod.dtype != like.dtype \
+                or mod.requested != self.backend_method:
+            with torch.inference_mode(False):  # its buffers must serve training too
+                mod = CueqConvolution(*self._tp_spec, method=self.backend_method, device=like.device,
+                                      dtype=like.dtype)
+            mod.dtype, mod.requested = like.dtype, self.backend_method
+            self._cueq[:] = [mod]
+        return mod
+
     def forward(self, x, attrs, centre, neighbour, sh, radial):
         h = self.linear_1(x)
-        m = self.tp(h[neighbour], sh, self.radial(radial))
-        agg = torch.zeros(x.shape[0], m.shape[1], dtype=m.dtype, device=m.device).index_add_(0, centre, m)
+        if self.backend == "cueq":
+            agg = self._cueq_conv(h)(h, sh, self.radial(radial), neighbour, centre, x.shape[0])
+        else:
+            m = self.tp(h[neighbour], sh, self.radial(radial))
+            agg = torch.zeros(x.shape[0], m.shape[1], dtype=m.dtype, device=m.device).index_add_(0, centre, m)
         y = self.gate(self.linear_2(agg * self.norm) + self.self_connection(x, attrs))
         return x + y if self.resnet else y
 
@@ -308,6 +330,31 @@ class DensityModel(torch.nn.Module):
         self.layers = torch.nn.ModuleList(layers)
         self.irreps_hidden = irreps
         self.readout = torch.nn.ModuleList([_ElementReadout(irreps, self.basis, z) for z in zs])
+
+    # ------------------------------------------------------------------ backend
+    def set_backend(self, backend: str = "e3nn", method: str | None = None) -> "DensityModel":
+        """Choose the library that computes the convolution tensor products.
+
+        ``"e3nn"`` (default) or ``"cueq"`` (NVIDIA cuEquivariance, :mod:`densitylearn.cueq`;
+        ``method`` is one of :data:`densitylearn.cueq.METHODS`, default: its fused CUDA
+        kernel on a GPU). Parameters and results are the same either way; the choice is not
+        saved with the model. Returns the model.
+        """
+        if backend not in BACKENDS:
+            raise InputError(f"model: backend {backend!r} is not one of {list(BACKENDS)}")
+        if backend == "cueq":
+            from .cueq import _require
+
+            _require()
+        for layer in self.layers:
+            layer.backend, layer.backend_method = backend, method
+            layer._cueq[:] = []
+        return self
+
+    @property
+    def backend(self) -> str:
+        """The tensor-product backend in use (see :meth:`set_backend`)."""
+        return self.layers[0].backend
 
     # ------------------------------------------------------------------ dtype
     def _apply(self, fn, *args, **kwargs):

@@ -430,7 +430,7 @@ def _support_text(charges, spins) -> str:
     return f"charges {sorted(charges)} and 2S in {sorted(spins)}"
 
 
-def load_model(path_or_name, device=None) -> Predictor:
+def load_model(path_or_name, device=None, backend: str = "e3nn") -> Predictor:
     """Load a checkpoint file or a built-in model (see :func:`available_models`).
 
     Parameters
@@ -439,6 +439,9 @@ def load_model(path_or_name, device=None) -> Predictor:
         A ``.pt`` checkpoint written by training, or a built-in model name.
     device : str or torch.device, optional
         ``'cpu'``, ``'cuda'``, ``'auto'`` or None (= auto: CUDA when available).
+    backend : str
+        Tensor-product library: ``'e3nn'`` or ``'cueq'`` (NVIDIA cuEquivariance, same
+        results; see :meth:`densitylearn.model.DensityModel.set_backend`).
 
     Returns
     -------
@@ -451,7 +454,7 @@ def load_model(path_or_name, device=None) -> Predictor:
     path = resolve_model(path_or_name)
     ck = load_checkpoint(path)
     device = _resolve_device(device)
-    model = model_from_checkpoint(ck).to(device)
+    model = model_from_checkpoint(ck).to(device).set_backend(backend)
     saed = SAED.from_definition(ck["saed"]) if ck.get("saed") else None
     if model.target == "difference" and saed is None:
         raise InputError(f"{path}: a difference-density (DCD) model without an SAED definition")
@@ -530,7 +533,7 @@ def read_inputs(paths) -> list[Structure]:
 
 def predict_files(model: str, inputs, out: str, cube: str | None = None, device=None,
                   batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = True,
-                  cube_spacing: float = 0.2, cube_margin: float = 4.0) -> dict:
+                  cube_spacing: float = 0.2, cube_margin: float = 4.0, backend: str = "e3nn") -> dict:
     """Predict every structure of ``inputs`` (file paths) and write a prediction file.
 
     ``out`` uses the coefficient-dataset schema (:mod:`densitylearn.data`, ``kind =
@@ -548,7 +551,7 @@ def predict_files(model: str, inputs, out: str, cube: str | None = None, device=
 
     if int(batch_size) < 1:
         raise InputError(f"batch size must be >= 1, got {batch_size}")
-    predictor = load_model(model, device=device)
+    predictor = load_model(model, device=device, backend=backend)
     structures = predictor.check(read_inputs(inputs))
     if cube:
         os.makedirs(cube, exist_ok=True)

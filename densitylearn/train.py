@@ -69,6 +69,7 @@ class TrainConfig:
     device: str = "auto"            #: 'auto', 'cpu' or 'cuda'
     dtype: str = "float32"
     amp: bool = False               #: bfloat16 autocast on CUDA
+    backend: str = "e3nn"           #: tensor products: 'e3nn' or 'cueq' (cuEquivariance)
     max_train_structures: int | None = None
     model: dict = field(default_factory=dict)  #: ModelConfig fields
 
@@ -79,6 +80,8 @@ class TrainConfig:
             raise InputError(f"config: loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         if self.dtype not in ("float32", "float64"):
             raise InputError(f"config: dtype must be float32 or float64, got {self.dtype!r}")
+        if self.backend not in ("e3nn", "cueq"):
+            raise InputError(f"config: backend must be e3nn or cueq, got {self.backend!r}")
         for name in ("batch_size", "max_epochs", "val_structures"):
             if getattr(self, name) < 1:
                 raise InputError(f"config: {name} must be >= 1")
@@ -539,7 +542,7 @@ def train(data_path: str, out_dir: str, config: TrainConfig = TrainConfig(), pro
         if rank == 0 and progress:
             log(f"fitting per-element target normalisation on {len(train_idx)} training structures")
         model.fit_normalisation(G.GraphDataset(ds, config.target, indices=train_idx))
-    model = model.to(device=device, dtype=dtype)
+    model = model.to(device=device, dtype=dtype).set_backend(config.backend)
     # readouts of elements absent from a batch get no gradient: find_unused_parameters
     ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True,
                                                     **_no_buffer_sync()) if distributed else None

@@ -55,7 +55,8 @@ def sync(device):
 
 def main():
     ap = argparse.ArgumentParser(description="prediction throughput")
-    ap.add_argument("data", help="fit-basis dataset (its structures are predicted)")
+    ap.add_argument("data", help="fit-basis dataset, or (with --model) any ASE-readable structure file: "
+                                 "its structures are predicted")
     ap.add_argument("--model", help="trained checkpoint (default: untrained default architecture)")
     ap.add_argument("--target", default="difference", choices=("difference", "total"))
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -71,17 +72,27 @@ def main():
 
         lib.num_threads(args.threads)
     device = torch.device(args.device)
-    ds = CoefficientDataset(args.data)
-    pred = load_model(args.model, device=device) if args.model else untrained_predictor(ds, args.target, device)
-    base = []
-    for i in range(len(ds)):
-        r = ds[i]
-        base.append(Structure(numbers=np.asarray(r["numbers"]), positions=np.asarray(r["positions"]),
-                              name=str(r.get("name", i))))
+    if args.data.endswith(".h5"):
+        ds = CoefficientDataset(args.data)
+        pred = load_model(args.model, device=device) if args.model else untrained_predictor(ds, args.target, device)
+        base = []
+        for i in range(len(ds)):
+            r = ds[i]
+            base.append(Structure(numbers=np.asarray(r["numbers"]), positions=np.asarray(r["positions"]),
+                                  name=str(r.get("name", i))))
+        basis_name = ds.basis.name
+    else:
+        if not args.model:
+            ap.error("a structure file needs --model")
+        from densitylearn.predict import read_inputs
+
+        pred = load_model(args.model, device=device)
+        base = pred.check(read_inputs([args.data]))
+        basis_name = pred.basis.name
     mols = [base[i % len(base)] for i in range(args.n)]
     atoms = np.mean([len(s.numbers) for s in mols])
     dev_name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"device {dev_name}; {args.n} molecules, {atoms:.1f} atoms on average; basis {ds.basis.name}; "
+    print(f"device {dev_name}; {args.n} molecules, {atoms:.1f} atoms on average; basis {basis_name}; "
           f"target {pred.target}; model {pred.checkpoint}")
 
     print("\n| batch size | molecules/s (coefficients) | s total | peak GPU MB |")

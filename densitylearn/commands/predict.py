@@ -32,6 +32,8 @@ def add_arguments(p):
                    help="where the model runs (default: %(default)s = CUDA when available)")
     p.add_argument("--batch-size", type=int, default=64, dest="batch_size",
                    help="structures per forward pass (default: %(default)s)")
+    p.add_argument("--backend", choices=("e3nn", "cueq"), default="e3nn",
+                   help="tensor-product library (default: %(default)s; cueq = NVIDIA cuEquivariance, same results)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -40,7 +42,7 @@ def run(args):
 
     s = predict_files(args.model, args.structures, args.out, cube=args.cube, device=args.device,
                       batch_size=args.batch_size, progress=not args.quiet, cube_spacing=args.cube_spacing,
-                      cube_margin=args.cube_margin)
+                      cube_margin=args.cube_margin, backend=args.backend)
     rate = s["n"] / s["seconds"] if s["seconds"] > 0 else float("inf")
     label = {"difference": "DCD", "total": "TCD"}[s["target"]]
     cubes = f"; {s['cubes']} cube files in {args.cube}" if args.cube else ""

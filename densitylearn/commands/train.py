@@ -22,6 +22,8 @@ def add_arguments(p):
     p.add_argument("--loss", choices=("coulomb", "overlap", "mse"), default=None)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--backend", choices=("e3nn", "cueq"), default=None,
+                   help="tensor-product library (default e3nn; cueq = NVIDIA cuEquivariance, same results)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -29,7 +31,7 @@ def run(args):
     from ..train import TrainConfig, train
 
     overrides = {k: getattr(args, k) for k in ("target", "max_epochs", "batch_size", "lr", "loss",
-                                                 "device", "seed")}
+                                                 "device", "seed", "backend")}
     if args.config:
         config = TrainConfig.from_file(args.config, **overrides)
     else:
