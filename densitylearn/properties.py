@@ -33,7 +33,8 @@ Forces: :func:`harris_forces` differentiates the Harris energy surface of a mode
 central differences, ``F = -dE_H/dR`` with the input density re-predicted at every
 displaced geometry (the model defines rho_in(R)); 6 N non-self-consistent evaluations,
 grids and SAED rebuilt at each. :func:`reference_forces` gives the analytic PySCF forces
-of a converged reference SCF to compare with.
+of a converged reference SCF to compare with. :func:`harris_forces_periodic` does the same
+for cells (fixed lattice, k-points and FFT mesh), compared with PySCF's KRKS gradient.
 
 Periodic cells: :func:`nscf_periodic` does the same for a ``pyscf.pbc`` cell on its FFT
 mesh (FFT Hartree potential with G = 0 removed, libxc v_xc, PySCF's kinetic and GTH
@@ -429,26 +430,89 @@ def harris_forces(predict, structure, xc: str, orbital_basis: str, step: float =
         Displacement h in bohr (the error is O(h^2); the grid quadrature adds noise of
         order 1e-6 hartree / h, so h should not be much below 1e-3).
     """
+    preds = {}
+
+    def energy(s, k):
+        if not preds:  # predict all displaced geometries in one batched call
+            preds.update(enumerate(predict(displacements(structure, step))))
+        mol = s.to_pyscf(basis=orbital_basis)
+        pr = preds[k]
+        return nscf_properties(mol, pr.coefficients, pr.basis, pr.target, xc, grid_level=grid_level,
+                               orbital_basis=orbital_basis, max_memory_mb=max_memory_mb).energy
+
+    return central_difference_forces(energy, structure, step)
+
+
+def displacements(structure, step: float) -> list:
+    """The 6 N displaced copies of ``structure`` used by :func:`central_difference_forces`
+    (atom-major, then x y z, then +h before -h)."""
     import dataclasses
 
-    if not step > 0:
-        raise InputError(f"force step must be > 0 bohr, got {step}")
-    n = len(structure)
-    displaced = []
-    for a in range(n):
+    out = []
+    for a in range(len(structure)):
         for x in range(3):
             for sign in (1.0, -1.0):
                 pos = np.array(structure.positions, dtype=np.float64, copy=True)
                 pos[a, x] += sign * step
-                displaced.append(dataclasses.replace(structure, positions=pos))
-    preds = predict(displaced)
-    energies = np.empty(len(preds))
-    for k, (s, pr) in enumerate(zip(displaced, preds)):
-        mol = s.to_pyscf(basis=orbital_basis)
-        energies[k] = nscf_properties(mol, pr.coefficients, pr.basis, pr.target, xc, grid_level=grid_level,
-                                      orbital_basis=orbital_basis, max_memory_mb=max_memory_mb).energy
-    e = energies.reshape(n, 3, 2)
+                out.append(dataclasses.replace(structure, positions=pos))
+    return out
+
+
+def central_difference_forces(energy, structure, step: float = FORCE_STEP_BOHR) -> np.ndarray:
+    """``F_Ax = -(E(R + h e_Ax) - E(R - h e_Ax)) / 2h``, hartree/bohr, shape (n_atoms, 3).
+
+    ``energy(displaced_structure, k)`` returns the energy (hartree) of the k-th structure
+    of :func:`displacements`.
+    """
+    if not step > 0:
+        raise InputError(f"force step must be > 0 bohr, got {step}")
+    disp = displacements(structure, step)
+    e = np.array([energy(s, k) for k, s in enumerate(disp)]).reshape(len(structure), 3, 2)
     return -(e[..., 0] - e[..., 1]) / (2.0 * step)
+
+
+def harris_forces_periodic(predict, structure, cell, kpts, xc: str, step: float = FORCE_STEP_BOHR,
+                           saed=None) -> np.ndarray:
+    """Forces on the atoms of a cell from a model's Harris energy surface, hartree/bohr.
+
+    As :func:`harris_forces`, with the energy of :func:`nscf_periodic`: at every displaced
+    geometry the model predicts the density again, the lattice-summed SAED (DCD) and the
+    orbital basis follow the atoms, and the lattice, k-points, pseudopotential and FFT mesh
+    stay those of ``cell`` (a uniform mesh does not follow the atoms: its aliasing adds a
+    small "egg-box" ripple to the energy, which a fine enough mesh keeps below the model's
+    own error; ``tests/test_periodic_e2e.py`` measures both).
+
+    Parameters
+    ----------
+    predict : callable
+        Maps a list of periodic :class:`~densitylearn.structure.Structure` to predictions.
+    structure : Structure
+        The cell (positions in bohr) matching ``cell``.
+    cell : pyscf.pbc.gto.Cell
+        The built cell of the calculation (basis, pseudopotential, mesh).
+    kpts : ndarray, shape (n_k, 3)
+        Absolute k-points.
+    saed : SAED, optional
+        For DCD models: the pseudo-atom SAED (default: each prediction's own).
+    """
+    preds = {}
+
+    def energy(s, k):
+        if not preds:
+            preds.update(enumerate(predict(displacements(structure, step))))
+        pr = preds[k]
+        c = displaced_cell(cell, s.positions)
+        sd = saed if saed is not None else (pr.saed if pr.target == "difference" else None)
+        return nscf_periodic(c, kpts, pr.coefficients, pr.basis, pr.target, xc, saed=sd).energy
+
+    return central_difference_forces(energy, structure, step)
+
+
+def displaced_cell(cell, positions_bohr):
+    """A copy of a built cell with the atoms at ``positions_bohr``; lattice and FFT mesh kept."""
+    c = cell.set_geom_(np.asarray(positions_bohr, dtype=np.float64), unit="Bohr", inplace=False)
+    c.mesh = np.asarray(cell.mesh).copy()
+    return c
 
 
 def reference_forces(path: str) -> np.ndarray:
@@ -464,7 +528,7 @@ def reference_forces(path: str) -> np.ndarray:
 
     ref = load_reference(path)
     if ref.kpts is not None:
-        raise InputError(f"{path}: reference forces of periodic cells are not supported")
+        return _reference_forces_periodic(path, ref)
     scf = scf_chkfile.load(path, "scf")
     mo_coeff = np.asarray(scf["mo_coeff"])
     if mo_coeff.ndim != 2:
@@ -481,6 +545,29 @@ def reference_forces(path: str) -> np.ndarray:
     g.grid_response = True
     return -np.asarray(g.kernel(mo_energy=np.asarray(scf["mo_energy"]), mo_coeff=mo_coeff,
                                 mo_occ=np.asarray(scf["mo_occ"])))
+
+
+def _reference_forces_periodic(path: str, ref) -> np.ndarray:
+    """PySCF's analytic KRKS nuclear gradient (GTH pseudopotentials, FFT density fitting)
+    of a periodic chkfile at its stored orbitals, negated: forces in hartree/bohr."""
+    from pyscf.pbc import dft as pbcdft
+    from pyscf.pbc.grad import krks as krks_grad
+    from pyscf.scf import chkfile as scf_chkfile
+
+    scf = scf_chkfile.load(path, "scf")
+    nk = len(ref.kpts)
+    mo_coeff = np.asarray(scf["mo_coeff"]).reshape(nk, ref.mol.nao, -1)
+    mo_occ = np.asarray(scf["mo_occ"], dtype=np.float64).reshape(nk, -1)
+    mo_energy = np.asarray(scf["mo_energy"], dtype=np.float64).reshape(nk, -1)
+    if mo_occ.max() > 2.0 + 1e-12:
+        raise InputError(f"{path}: reference forces need a restricted (closed-shell) SCF")
+    mf = pbcdft.KRKS(ref.mol, ref.kpts)
+    mf.xc = ref.xc or "pbe"
+    mf.verbose = 0
+    mf.mo_coeff, mf.mo_occ, mf.mo_energy = list(mo_coeff), list(mo_occ), list(mo_energy)
+    g = krks_grad.Gradients(mf)
+    g.verbose = 0
+    return -np.asarray(g.kernel(mo_energy=mf.mo_energy, mo_coeff=mf.mo_coeff, mo_occ=mf.mo_occ))
 
 
 # ----------------------------------------------------------------------------- SCF runs
@@ -698,10 +785,8 @@ def nscf_predictions(predictions, xc: str, orbital_basis: str, grid_level: int =
     for pred in predictions:
         s = pred.structure
         if s.is_periodic:
-            if forces_from is not None:
-                raise InputError(f"structure {s.label}: Harris forces of periodic cells are not supported")
             entry = nscf_periodic_entry(pred, xc, orbital_basis, pseudo=pseudo, kmesh=kmesh, ke_cutoff=ke_cutoff,
-                                        override=override)
+                                        override=override, forces_from=forces_from, force_step=force_step)
             entries.append(entry)
             if progress is not None:
                 progress(entry)
@@ -789,7 +874,8 @@ def format_nscf(report: dict) -> str:
 
 
 def nscf_periodic_entry(pred, xc: str, orbital_basis: str, pseudo: str | None = None, kmesh=None,
-                        ke_cutoff: float | None = None, override: bool = False) -> dict:
+                        ke_cutoff: float | None = None, override: bool = False, forces_from=None,
+                        force_step: float = FORCE_STEP_BOHR) -> dict:
     """:func:`nscf_periodic` of one predicted cell, compared with its chkfile reference.
 
     With a periodic chkfile as the structure's ``source`` the calculation uses the
@@ -805,7 +891,10 @@ def nscf_periodic_entry(pred, xc: str, orbital_basis: str, pseudo: str | None = 
         (:meth:`PeriodicNSCFResult.record`), ``reference_e_tot_hartree`` and ``errors``:
         ``energy_mev_per_atom``, ``gap_mev``, ``direct_gap_mev``, ``band_energy_mae_mev``
         (occupied bands and the lowest empty band at every k-point) and
-        ``band_energy_max_mev``.
+        ``band_energy_max_mev``. With ``forces_from`` (a ``predict`` callable):
+        :func:`harris_forces_periodic` as ``forces_ev_per_angstrom`` and, with a chkfile
+        reference, PySCF's analytic forces and the errors ``force_mae_mev_per_angstrom``
+        and ``force_max_mev_per_angstrom``.
     """
     import os
 
@@ -844,6 +933,15 @@ def nscf_periodic_entry(pred, xc: str, orbital_basis: str, pseudo: str | None = 
         entry["reference"] = r0.record()
         entry["reference_e_tot_hartree"] = float(ref.e_tot)
         entry["errors"] = periodic_errors(res, r0)
+    if forces_from is not None:
+        f = harris_forces_periodic(forces_from, s, cell, kpts, xc, step=force_step, saed=saed)
+        entry["forces_ev_per_angstrom"] = (f * HARTREE_BOHR_EV_ANGSTROM).tolist()
+        if ref is not None:
+            f0 = reference_forces(s.source)
+            entry["reference_forces_ev_per_angstrom"] = (f0 * HARTREE_BOHR_EV_ANGSTROM).tolist()
+            dev = np.abs(f - f0) * HARTREE_BOHR_EV_ANGSTROM * 1000
+            entry["errors"].update(force_mae_mev_per_angstrom=float(dev.mean()),
+                                   force_max_mev_per_angstrom=float(dev.max()))
     return entry
 
 

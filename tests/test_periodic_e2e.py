@@ -331,9 +331,47 @@ def test_nscf_command_on_cells(cells, trained, tmp_path, capsys):
     assert cli.main(["scf", cells["chks"][0], "--model", os.path.join(trained["difference"], "best.pt")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "molecules only" in err[0]
-    with pytest.raises(InputError, match="forces"):
-        from densitylearn.predict import load_model, read_inputs
-        from densitylearn.properties import nscf_predictions
 
-        p = load_model(os.path.join(trained["difference"], "best.pt"), device="cpu")
-        nscf_predictions(p.predict(read_inputs(cells["chks"][:1])), "pbe", "gth-szv", forces_from=p.predict)
+
+def test_periodic_harris_forces(cells, trained):
+    from densitylearn.predict import load_model, read_inputs
+    from densitylearn.properties import (HARTREE_BOHR_EV_ANGSTROM, central_difference_forces, displaced_cell,
+                                         nscf_periodic, nscf_predictions, reference_forces)
+    from densitylearn.reference import load_reference
+
+    # the Harris functional is stationary at the SCF density: central differences of the Harris
+    # energy of the SCF density matrix carried along with the atoms give the SCF forces, which
+    # PySCF computes analytically (KRKS gradient, GTH pseudopotentials) from the stored orbitals
+    chk = cells["chks"][0]
+    ref = load_reference(chk)
+    f0 = reference_forces(chk)
+    f = central_difference_forces(
+        lambda s, k: nscf_periodic(displaced_cell(ref.mol, s.positions), ref.kpts, dm=ref.dm, xc="pbe").energy,
+        ref.structure)
+    assert np.abs(f0).max() * HARTREE_BOHR_EV_ANGSTROM > 0.1  # a rattled cell: real forces
+    assert np.abs(f - f0).max() * HARTREE_BOHR_EV_ANGSTROM < 1e-4  # measured 1.3e-6 eV/A
+    # the model path: the density is predicted again at every displaced geometry
+    p = load_model(os.path.join(trained["difference"], "best.pt"), device="cpu")
+    rep = nscf_predictions(p.predict(read_inputs([chk])), "pbe", "gth-szv", forces_from=p.predict)
+    e = rep["structures"][0]
+    fm = np.asarray(e["forces_ev_per_angstrom"])
+    np.testing.assert_allclose(e["reference_forces_ev_per_angstrom"], f0 * HARTREE_BOHR_EV_ANGSTROM, atol=1e-9)
+    assert fm.shape == (2, 3) and np.isfinite(fm).all()
+    assert e["errors"]["force_mae_mev_per_angstrom"] == pytest.approx(
+        np.abs(fm - f0 * HARTREE_BOHR_EV_ANGSTROM).mean() * 1000)
+    # everything must follow the atoms: moving the whole crystal by one FFT-mesh step maps the
+    # mesh onto itself, so the energy of the re-predicted density is unchanged (a SAED, basis
+    # or pseudopotential left behind would change it). Smaller translations change it through
+    # the mesh's aliasing of steep auxiliary functions ("egg-box"), which is why the model's
+    # forces need a fine mesh (docs/periodic.rst)
+    s0 = ref.structure
+    shifted = replace(s0, positions=s0.positions + s0.cell[0] / ref.mol.mesh[0])
+    en = [nscf_periodic(displaced_cell(ref.mol, x.positions), ref.kpts, pr.coefficients, pr.basis, pr.target, "pbe",
+                       saed=p.saed).energy for x, pr in zip((s0, shifted), p.predict([s0, shifted]))]
+    assert abs(en[1] - en[0]) < 1e-8
+    half = replace(s0, positions=s0.positions + 0.5 * s0.cell[0] / ref.mol.mesh[0])
+    pr = p.predict([half])[0]
+    e_half = nscf_periodic(displaced_cell(ref.mol, half.positions), ref.kpts, pr.coefficients, pr.basis, pr.target,
+                           "pbe", saed=p.saed).energy
+    assert abs(e_half - en[0]) > 1e-6  # the check can tell a translation that does not map the mesh
+    assert rep["summary"]["mae_force_mev_per_angstrom"] == pytest.approx(e["errors"]["force_mae_mev_per_angstrom"])
