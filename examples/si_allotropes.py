@@ -41,8 +41,13 @@ Sources:
 
 The positional parameters of BC8 and of the two clathrates are checked here only by
 geometry (``tests/test_periodic_e2e.py``): every atom is four-fold coordinated with bonds
-of 2.30-2.39 Angstrom. Compare them with the cited papers before publishing numbers built
-on them.
+of 2.30-2.39 Angstrom. The site sets agree with the published prototype descriptions (BC8:
+Ia-3 16c only; Si136: Fd-3m 8a, 32e, 96g; Si46: Pm-3n, three framework sites). Si46 is
+usually written with 6d (1/4, 1/2, 0) and 24k (0, 0.1173, 0.3088); the description above is
+its y <-> z mirror image. Because the group is centrosymmetric this is the same crystal,
+with identical bond lengths, which was checked with ase.spacegroup. The numerical values
+(x, y, z, a) still have to be compared with the cited papers before publishing numbers
+built on them.
 
 Left out (parameters not pinned down well enough from the literature at hand): ST12
 (P4_32_12), R8 (R-3, Si-XII), bct5 (I4/mmm, a predicted structure) and simple hexagonal
