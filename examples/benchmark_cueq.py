@@ -1,4 +1,5 @@
-"""Does cuEquivariance speed up the coefficient model? e3nn against cuEquivariance kernels.
+"""Does cuEquivariance speed up the coefficient model? e3nn against cuEquivariance kernels
+=======================================================================================
 
 Usage::
 
