@@ -95,6 +95,7 @@ class CueqConvolution(torch.nn.Module):
                  device=None, dtype=None):
         super().__init__()
         cue, cuet = _require()
+        self.requested, self.dtype = method, dtype
         irreps_in, irreps_sh, irreps_mid = o3.Irreps(irreps_in), o3.Irreps(irreps_sh), o3.Irreps(irreps_mid)
         if any(mode != "uvu" for _, _, _, mode, _ in instructions):
             raise InputError("cueq backend: only 'uvu' tensor-product instructions are supported")
@@ -110,7 +111,6 @@ class CueqConvolution(torch.nn.Module):
             key = (i, j, str(irreps_mid[k].ir))
             wanted[key], w_start[key] = k, off
             off += irreps_in[i].mul * irreps_sh[j].mul
-        self.e3nn_weight_numel = off
         out_irs = sorted({str(irreps_mid[k].ir) for k in wanted.values()})
         filter_out = [cue.O3(o3.Irrep(s).l, o3.Irrep(s).p) for s in out_irs]
         on_cuda = device is not None and torch.device(device).type == "cuda"
@@ -164,7 +164,6 @@ class CueqConvolution(torch.nn.Module):
         self.register_buffer("weight_index", torch.tensor(w_index, dtype=torch.long, device=device),
                              persistent=False)
         self.register_buffer("out_index", inverse.to(device), persistent=False)
-        self.block = u
 
     def forward(self, h, sh, weight, neighbour, centre, n_nodes: int):
         w = weight.index_select(1, self.weight_index)

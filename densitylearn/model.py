@@ -213,7 +213,6 @@ class _Interaction(torch.nn.Module):
             with torch.inference_mode(False):  # its buffers must serve training too
                 mod = CueqConvolution(*self._tp_spec, method=self.backend_method, device=like.device,
                                       dtype=like.dtype)
-            mod.dtype, mod.requested = like.dtype, self.backend_method
             self._cueq[:] = [mod]
         return mod
 

@@ -430,17 +430,13 @@ def harris_forces(predict, structure, xc: str, orbital_basis: str, step: float =
         Displacement h in bohr (the error is O(h^2); the grid quadrature adds noise of
         order 1e-6 hartree / h, so h should not be much below 1e-3).
     """
-    preds = {}
+    def energies(displaced):
+        preds = predict(displaced)  # all displaced geometries in one batched call
+        return [nscf_properties(s.to_pyscf(basis=orbital_basis), pr.coefficients, pr.basis, pr.target, xc,
+                                grid_level=grid_level, orbital_basis=orbital_basis,
+                                max_memory_mb=max_memory_mb).energy for s, pr in zip(displaced, preds)]
 
-    def energy(s, k):
-        if not preds:  # predict all displaced geometries in one batched call
-            preds.update(enumerate(predict(displacements(structure, step))))
-        mol = s.to_pyscf(basis=orbital_basis)
-        pr = preds[k]
-        return nscf_properties(mol, pr.coefficients, pr.basis, pr.target, xc, grid_level=grid_level,
-                               orbital_basis=orbital_basis, max_memory_mb=max_memory_mb).energy
-
-    return central_difference_forces(energy, structure, step)
+    return central_difference_forces(energies, structure, step)
 
 
 def displacements(structure, step: float) -> list:
@@ -458,16 +454,15 @@ def displacements(structure, step: float) -> list:
     return out
 
 
-def central_difference_forces(energy, structure, step: float = FORCE_STEP_BOHR) -> np.ndarray:
+def central_difference_forces(energies, structure, step: float = FORCE_STEP_BOHR) -> np.ndarray:
     """``F_Ax = -(E(R + h e_Ax) - E(R - h e_Ax)) / 2h``, hartree/bohr, shape (n_atoms, 3).
 
-    ``energy(displaced_structure, k)`` returns the energy (hartree) of the k-th structure
-    of :func:`displacements`.
+    ``energies(displaced)`` maps the list of :func:`displacements` to their energies
+    (hartree), in order.
     """
     if not step > 0:
         raise InputError(f"force step must be > 0 bohr, got {step}")
-    disp = displacements(structure, step)
-    e = np.array([energy(s, k) for k, s in enumerate(disp)]).reshape(len(structure), 3, 2)
+    e = np.asarray(energies(displacements(structure, step)), dtype=np.float64).reshape(len(structure), 3, 2)
     return -(e[..., 0] - e[..., 1]) / (2.0 * step)
 
 
@@ -478,9 +473,9 @@ def harris_forces_periodic(predict, structure, cell, kpts, xc: str, step: float 
     As :func:`harris_forces`, with the energy of :func:`nscf_periodic`: at every displaced
     geometry the model predicts the density again, the lattice-summed SAED (DCD) and the
     orbital basis follow the atoms, and the lattice, k-points, pseudopotential and FFT mesh
-    stay those of ``cell`` (a uniform mesh does not follow the atoms: its aliasing adds a
-    small "egg-box" ripple to the energy, which a fine enough mesh keeps below the model's
-    own error; ``tests/test_periodic_e2e.py`` measures both).
+    stay those of ``cell``. A uniform mesh does not follow the atoms: its aliasing of steep
+    auxiliary functions adds an "egg-box" ripple to the energy that can dominate the forces
+    of an all-electron fitting basis on a coarse mesh (measured in docs/periodic.rst).
 
     Parameters
     ----------
@@ -495,17 +490,15 @@ def harris_forces_periodic(predict, structure, cell, kpts, xc: str, step: float 
     saed : SAED, optional
         For DCD models: the pseudo-atom SAED (default: each prediction's own).
     """
-    preds = {}
+    def energies(displaced):
+        out = []
+        for s, pr in zip(displaced, predict(displaced)):
+            sd = saed if saed is not None else (pr.saed if pr.target == "difference" else None)
+            out.append(nscf_periodic(displaced_cell(cell, s.positions), kpts, pr.coefficients, pr.basis, pr.target,
+                                     xc, saed=sd).energy)
+        return out
 
-    def energy(s, k):
-        if not preds:
-            preds.update(enumerate(predict(displacements(structure, step))))
-        pr = preds[k]
-        c = displaced_cell(cell, s.positions)
-        sd = saed if saed is not None else (pr.saed if pr.target == "difference" else None)
-        return nscf_periodic(c, kpts, pr.coefficients, pr.basis, pr.target, xc, saed=sd).energy
-
-    return central_difference_forces(energy, structure, step)
+    return central_difference_forces(energies, structure, step)
 
 
 def displaced_cell(cell, positions_bohr):
@@ -735,6 +728,18 @@ def _mae(values) -> float:
     return float(np.mean(vals)) if vals else float("nan")
 
 
+def _add_forces(entry: dict, f: np.ndarray, ref_path: str | None) -> None:
+    """Put forces (hartree/bohr) into a report entry, eV/Angstrom, and with a chkfile
+    reference its analytic forces and the errors (meV/Angstrom)."""
+    entry["forces_ev_per_angstrom"] = (f * HARTREE_BOHR_EV_ANGSTROM).tolist()
+    if ref_path is not None:
+        f0 = reference_forces(ref_path)
+        entry["reference_forces_ev_per_angstrom"] = (f0 * HARTREE_BOHR_EV_ANGSTROM).tolist()
+        dev = np.abs(f - f0) * HARTREE_BOHR_EV_ANGSTROM * 1000
+        entry["errors"].update(force_mae_mev_per_angstrom=float(dev.mean()),
+                               force_max_mev_per_angstrom=float(dev.max()))
+
+
 def nscf_predictions(predictions, xc: str, orbital_basis: str, grid_level: int = 3,
                      override: bool = False, progress=None, forces_from=None,
                      force_step: float = FORCE_STEP_BOHR, *, pseudo: str | None = None, kmesh=None,
@@ -818,14 +823,8 @@ def nscf_predictions(predictions, xc: str, orbital_basis: str, grid_level: int =
                 "dipole_debye": float(np.linalg.norm(res.dipole - r0.dipole)),
                 "mo_energy_mae_mev": float(np.mean(np.abs(res.mo_energy - r0.mo_energy))) * HARTREE_EV * 1000}
         if forces_from is not None:
-            f = harris_forces(forces_from, s, xc, orbital_basis, step=force_step, grid_level=grid_level)
-            entry["forces_ev_per_angstrom"] = (f * HARTREE_BOHR_EV_ANGSTROM).tolist()
-            if ref is not None:
-                f0 = reference_forces(s.source)
-                entry["reference_forces_ev_per_angstrom"] = (f0 * HARTREE_BOHR_EV_ANGSTROM).tolist()
-                dev = np.abs(f - f0) * HARTREE_BOHR_EV_ANGSTROM * 1000
-                entry["errors"].update(force_mae_mev_per_angstrom=float(dev.mean()),
-                                       force_max_mev_per_angstrom=float(dev.max()))
+            _add_forces(entry, harris_forces(forces_from, s, xc, orbital_basis, step=force_step,
+                                             grid_level=grid_level), s.source if ref is not None else None)
         entries.append(entry)
         if progress is not None:
             progress(entry)
@@ -934,14 +933,8 @@ def nscf_periodic_entry(pred, xc: str, orbital_basis: str, pseudo: str | None = 
         entry["reference_e_tot_hartree"] = float(ref.e_tot)
         entry["errors"] = periodic_errors(res, r0)
     if forces_from is not None:
-        f = harris_forces_periodic(forces_from, s, cell, kpts, xc, step=force_step, saed=saed)
-        entry["forces_ev_per_angstrom"] = (f * HARTREE_BOHR_EV_ANGSTROM).tolist()
-        if ref is not None:
-            f0 = reference_forces(s.source)
-            entry["reference_forces_ev_per_angstrom"] = (f0 * HARTREE_BOHR_EV_ANGSTROM).tolist()
-            dev = np.abs(f - f0) * HARTREE_BOHR_EV_ANGSTROM * 1000
-            entry["errors"].update(force_mae_mev_per_angstrom=float(dev.mean()),
-                                   force_max_mev_per_angstrom=float(dev.max()))
+        _add_forces(entry, harris_forces_periodic(forces_from, s, cell, kpts, xc, step=force_step, saed=saed),
+                    s.source if ref is not None else None)
     return entry
 
 
