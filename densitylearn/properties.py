@@ -467,7 +467,7 @@ def central_difference_forces(energies, structure, step: float = FORCE_STEP_BOHR
 
 
 def harris_forces_periodic(predict, structure, cell, kpts, xc: str, step: float = FORCE_STEP_BOHR,
-                           saed=None) -> np.ndarray:
+                           saed=None, smearing: float = 0.0) -> np.ndarray:
     """Forces on the atoms of a cell from a model's Harris energy surface, hartree/bohr.
 
     As :func:`harris_forces`, with the energy of :func:`nscf_periodic`: at every displaced
@@ -489,13 +489,16 @@ def harris_forces_periodic(predict, structure, cell, kpts, xc: str, step: float 
         Absolute k-points.
     saed : SAED, optional
         For DCD models: the pseudo-atom SAED (default: each prediction's own).
+    smearing : float
+        Fermi-Dirac width (hartree) of :func:`nscf_periodic`: the forces of the Harris free
+        energy, as PySCF's forces of a smeared SCF.
     """
     def energies(displaced):
         out = []
         for s, pr in zip(displaced, predict(displaced)):
             sd = saed if saed is not None else (pr.saed if pr.target == "difference" else None)
             out.append(nscf_periodic(displaced_cell(cell, s.positions), kpts, pr.coefficients, pr.basis, pr.target,
-                                     xc, saed=sd).energy)
+                                     xc, saed=sd, smearing=smearing).energy)
         return out
 
     return central_difference_forces(energies, structure, step)
@@ -743,7 +746,7 @@ def _add_forces(entry: dict, f: np.ndarray, ref_path: str | None) -> None:
 def nscf_predictions(predictions, xc: str, orbital_basis: str, grid_level: int = 3,
                      override: bool = False, progress=None, forces_from=None,
                      force_step: float = FORCE_STEP_BOHR, *, pseudo: str | None = None, kmesh=None,
-                     ke_cutoff: float | None = None) -> dict:
+                     ke_cutoff: float | None = None, smearing: float | None = None) -> dict:
     """Non-self-consistent properties of predicted densities, compared with references.
 
     Parameters
@@ -771,6 +774,8 @@ def nscf_predictions(predictions, xc: str, orbital_basis: str, grid_level: int =
         Periodic structures without a chkfile reference: the calculation's pseudopotential,
         k-mesh (default gamma) and FFT cutoff (hartree; PySCF's default when None). A chkfile
         reference brings its own (see :func:`nscf_periodic_entry`).
+    smearing : float, optional
+        Periodic structures: Fermi-Dirac width (hartree); default the chkfile's, else 0.
 
     Returns
     -------
@@ -791,7 +796,8 @@ def nscf_predictions(predictions, xc: str, orbital_basis: str, grid_level: int =
         s = pred.structure
         if s.is_periodic:
             entry = nscf_periodic_entry(pred, xc, orbital_basis, pseudo=pseudo, kmesh=kmesh, ke_cutoff=ke_cutoff,
-                                        override=override, forces_from=forces_from, force_step=force_step)
+                                        override=override, forces_from=forces_from, force_step=force_step,
+                                        smearing=smearing)
             entries.append(entry)
             if progress is not None:
                 progress(entry)
@@ -874,14 +880,16 @@ def format_nscf(report: dict) -> str:
 
 def nscf_periodic_entry(pred, xc: str, orbital_basis: str, pseudo: str | None = None, kmesh=None,
                         ke_cutoff: float | None = None, override: bool = False, forces_from=None,
-                        force_step: float = FORCE_STEP_BOHR) -> dict:
+                        force_step: float = FORCE_STEP_BOHR, smearing: float | None = None) -> dict:
     """:func:`nscf_periodic` of one predicted cell, compared with its chkfile reference.
 
     With a periodic chkfile as the structure's ``source`` the calculation uses the
     reference's cell (orbital basis, pseudopotential, FFT mesh) and k-points, and the
     reference density matrices go through the same one diagonalisation (``reference``);
     otherwise the cell is built from ``orbital_basis``, ``pseudo`` (default: the SAED's),
-    ``ke_cutoff`` and the gamma-centred ``kmesh`` (default gamma).
+    ``ke_cutoff`` and the gamma-centred ``kmesh`` (default gamma). The Fermi-Dirac
+    ``smearing`` (hartree) defaults to the chkfile's (0 without one); another value than a
+    chkfile's is a mismatch unless ``override``.
 
     Returns
     -------
@@ -915,6 +923,11 @@ def nscf_periodic_entry(pred, xc: str, orbital_basis: str, pseudo: str | None = 
         if not ref.structure.same_geometry(s):
             raise MismatchError(f"{s.source}: the reference geometry differs from structure {s.label}")
         cell, kpts = ref.mol, ref.kpts
+        if smearing is not None and abs(float(smearing) - ref.smearing) > 1e-12 and not override:
+            raise MismatchError(f"{s.source}: reference smearing {ref.smearing} hartree differs from the "
+                                f"requested {smearing} (pass --override to compare anyway)")
+        if smearing is None:
+            smearing = ref.smearing
     else:
         pp = pseudo if pseudo is not None else (saed.pseudo if saed is not None else None)
         if pp is None and pred.saed is not None:
@@ -924,16 +937,18 @@ def nscf_periodic_entry(pred, xc: str, orbital_basis: str, pseudo: str | None = 
     if saed is not None and saed.pseudo and ref is not None and ref.pseudo \
             and _norm_basis(saed.pseudo) != _norm_basis(ref.pseudo):
         raise InputError(f"{s.source}: pseudopotential {ref.pseudo!r}, the model's SAED uses {saed.pseudo!r}")
-    res = nscf_periodic(cell, kpts, pred.coefficients, pred.basis, pred.target, xc, saed=saed)
-    entry = {"name": s.label, "n_atoms": int(len(s)), "target": pred.target, "periodic": True,
+    smearing = float(smearing or 0.0)
+    res = nscf_periodic(cell, kpts, pred.coefficients, pred.basis, pred.target, xc, saed=saed, smearing=smearing)
+    entry = {"name": s.label, "n_atoms": int(len(s)), "target": pred.target, "periodic": True, "smearing": smearing,
              "prediction": res.record(), "reference": None, "reference_e_tot_hartree": None, "errors": None}
     if ref is not None:
-        r0 = nscf_periodic(cell, kpts, dm=ref.dm, xc=xc)
+        r0 = nscf_periodic(cell, kpts, dm=ref.dm, xc=xc, smearing=smearing)
         entry["reference"] = r0.record()
         entry["reference_e_tot_hartree"] = float(ref.e_tot)
         entry["errors"] = periodic_errors(res, r0)
     if forces_from is not None:
-        _add_forces(entry, harris_forces_periodic(forces_from, s, cell, kpts, xc, step=force_step, saed=saed),
+        _add_forces(entry, harris_forces_periodic(forces_from, s, cell, kpts, xc, step=force_step, saed=saed,
+                                                  smearing=smearing),
                     s.source if ref is not None else None)
     return entry
 
@@ -1027,7 +1042,8 @@ class PeriodicNSCFResult:
         Eigenvalues of ``F_k`` (hartree), ascending per k-point.
     occupations : ndarray, shape (n_k, nmo)
         2 or 0: the ``n_k * n_electrons / 2`` lowest eigenvalues over the whole k-mesh are
-        filled (PySCF's ``KRKS.get_occ``).
+        filled (PySCF's ``KRKS.get_occ``); Fermi-Dirac occupations between 0 and 2 with
+        smearing. Band edges and gaps always come from the integer filling.
     kpts : ndarray, shape (n_k, 3)
         Absolute k-points, bohr^-1.
     vbm, cbm : float
@@ -1177,7 +1193,7 @@ class _PeriodicInput:
 
 
 def nscf_periodic(cell, kpts=None, coefficients=None, basis=None, target: str = "difference", xc: str = "pbe",
-                  saed=None, *, dm=None, block: int = PERIODIC_BLOCK) -> PeriodicNSCFResult:
+                  saed=None, *, dm=None, block: int = PERIODIC_BLOCK, smearing: float = 0.0) -> PeriodicNSCFResult:
     """Harris energy and band energies of a cell from one input density, one diagonalisation per k.
 
     ``rho_in`` (coefficients, plus the lattice-summed SAED for DCD, or density matrices per
@@ -1194,7 +1210,12 @@ def nscf_periodic(cell, kpts=None, coefficients=None, basis=None, target: str = 
 
     (for GGA ``int v_xc rho`` includes ``2 vsigma |grad rho|^2``, the trace of the GGA
     potential matrix with the density), so the converged SCF density matrices reproduce
-    PySCF's ``e_tot`` and its band energies.
+    PySCF's ``e_tot`` and its band energies. With ``smearing`` sigma > 0 the occupations are
+    Fermi-Dirac, ``f = 2 / (1 + exp((eps - mu) / sigma))`` with one chemical potential mu
+    over the k-mesh holding the electron count (PySCF's ``smearing`` addon), and the energy
+    is the Harris-Mermin free energy ``E_H - sigma S``, ``S = -(2/n_k) sum [p ln p + (1 - p)
+    ln(1 - p)]``, ``p = f / 2``: stationary at the smeared SCF density, where it equals
+    PySCF's ``e_free``.
 
     Parameters
     ----------
@@ -1215,6 +1236,8 @@ def nscf_periodic(cell, kpts=None, coefficients=None, basis=None, target: str = 
         Density matrices per k-point instead of coefficients.
     block : int
         Mesh points per block.
+    smearing : float
+        Fermi-Dirac width sigma, hartree (0: integer occupations).
 
     Returns
     -------
@@ -1320,10 +1343,16 @@ def nscf_periodic(cell, kpts=None, coefficients=None, basis=None, target: str = 
         occ = np.zeros(eps.size)
         occ[flat[:nocc]] = 2.0
         occ = occ.reshape(eps.shape)
+    # band edges and gaps always from the integer filling of the bands
+    occd, empty = occ > 0, occ == 0
+    smearing = float(smearing or 0.0)
+    entropy = 0.0
+    if smearing > 0:
+        occ, entropy = fermi_dirac_occupations(eps, 2 * nocc, smearing)
+        entropy /= nk
     band = float((occ * eps).sum() / nk)
     e_nuc = float(cell.energy_nuc())
-    energy = band - e_hartree - vxc_rho + e_xc + e_nuc
-    occd, empty = occ > 0, occ == 0
+    energy = band - e_hartree - vxc_rho + e_xc + e_nuc - smearing * entropy
     vbm = float(eps[occd].max())
     cbm = float(eps[empty].min()) if empty.any() else float("nan")
     direct = [eps[k][empty[k]].min() - eps[k][occd[k]].max() for k in range(nk)
@@ -1333,8 +1362,32 @@ def nscf_periodic(cell, kpts=None, coefficients=None, basis=None, target: str = 
                               direct_gap=float(min(direct)) if direct else float("nan"),
                               n_electrons=n_elec,
                               components={"band": band, "hartree": e_hartree, "xc": e_xc, "vxc_rho": vxc_rho,
-                                          "nuclear": e_nuc},
+                                          "nuclear": e_nuc, "entropy_term": -smearing * entropy},
                               xc=xc, mesh=mesh, source=source)
+
+
+def fermi_dirac_occupations(eps: np.ndarray, n_electrons: float, sigma: float) -> tuple[np.ndarray, float]:
+    """Closed-shell Fermi-Dirac occupations (0..2) of the levels ``eps`` (all k-points
+    together) holding ``n_electrons``, with their entropy ``S = -2 sum [p ln p + (1-p)
+    ln(1-p)]`` (p = occupation / 2, dimensionless, summed over the levels given).
+
+    The chemical potential is found by bisection (Brent), as PySCF's ``smearing`` addon
+    does."""
+    import scipy.optimize
+    import scipy.special
+
+    e = np.asarray(eps, dtype=np.float64)
+
+    def count(mu):
+        return 2.0 * scipy.special.expit(-(e - mu) / sigma).sum() - n_electrons
+
+    lo, hi = float(e.min()) - 50 * sigma - 1.0, float(e.max()) + 50 * sigma + 1.0
+    if count(hi) < 0:
+        raise InputError(f"Fermi-Dirac occupations: {n_electrons} electrons do not fit in {e.size} levels")
+    mu = scipy.optimize.brentq(count, lo, hi, xtol=1e-15, rtol=4 * np.finfo(float).eps, maxiter=500)
+    p = scipy.special.expit(-(e - mu) / sigma)
+    s = -2.0 * float((scipy.special.xlogy(p, p) + scipy.special.xlogy(1 - p, 1 - p)).sum())
+    return 2.0 * p, s
 
 
 def _nuclear_charge(symbol: str) -> int:

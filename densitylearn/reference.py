@@ -50,10 +50,12 @@ SETTINGS_KEYS = ("xc", "basis", "grid_level", "conv_tol", "max_cycle", "restrict
                  "created")
 
 #: Extra attributes of periodic chkfiles: ``pseudo`` (PySCF name), ``kmesh`` (JSON list of
-#: 3 ints, [1, 1, 1] = gamma point), ``ke_cutoff`` (hartree, -1 for PySCF's default) and
-#: ``mesh`` (JSON list, the FFT mesh used); the lattice is the dataset
+#: 3 ints, [1, 1, 1] = gamma point), ``ke_cutoff`` (hartree, -1 for PySCF's default),
+#: ``mesh`` (JSON list, the FFT mesh used), ``smearing`` (Fermi-Dirac width, hartree; 0 =
+#: integer occupations) and ``e_free`` (the Mermin free energy ``e_tot - smearing * S``,
+#: hartree; equal to ``e_tot`` without smearing); the lattice is the dataset
 #: :data:`densitylearn.structure.CHK_CELL_DATASET` (bohr).
-PERIODIC_SETTINGS_KEYS = ("pseudo", "kmesh", "ke_cutoff", "mesh")
+PERIODIC_SETTINGS_KEYS = ("pseudo", "kmesh", "ke_cutoff", "mesh", "smearing", "e_free")
 
 #: Default settings (the benchmark reference level).
 DEFAULT_XC = "pbe"
@@ -99,6 +101,12 @@ class Reference:
         molecules.
     pseudo : str
         Pseudopotential of a periodic reference ('' for all-electron molecules).
+    smearing : float
+        Fermi-Dirac smearing width of a periodic reference, hartree (0: integer occupations).
+    e_free : float or None
+        Mermin free energy ``e_tot - smearing * S`` of a periodic reference (hartree; the
+        functional the SCF minimised, equal to ``e_tot`` without smearing); None for
+        molecules and for chkfiles that do not record it.
     """
 
     structure: Structure
@@ -112,6 +120,8 @@ class Reference:
     path: str
     kpts: np.ndarray | None = None
     pseudo: str = ""
+    smearing: float = 0.0
+    e_free: float | None = None
 
     @property
     def is_periodic(self) -> bool:
@@ -235,7 +245,7 @@ def run_reference(structure: Structure, xc: str = DEFAULT_XC, basis: str | None 
                   max_cycle: int = DEFAULT_MAX_CYCLE, device: str = "cpu",
                   chkfile: str | None = None, verbose: int = 0,
                   return_objects: bool = False, pseudo: str = DEFAULT_PSEUDO,
-                  kmesh=DEFAULT_KMESH, ke_cutoff: float | None = None) -> dict:
+                  kmesh=DEFAULT_KMESH, ke_cutoff: float | None = None, smearing: float = 0.0) -> dict:
     """Run one Kohn-Sham SCF for a molecule or a crystal.
 
     Molecules: restricted KS when ``structure.spin == 0``, unrestricted otherwise.
@@ -271,23 +281,31 @@ def run_reference(structure: Structure, xc: str = DEFAULT_XC, basis: str | None 
     ke_cutoff : float, optional
         Kinetic-energy cutoff (hartree) of the FFT mesh of periodic structures; PySCF's
         default (from the basis and its precision) when None.
+    smearing : float
+        Fermi-Dirac smearing width (hartree) of periodic structures, 0 for integer
+        occupations. Metals (beta-Sn Si, semimetallic BC8 Si) need it to converge; PySCF's
+        ``smearing`` addon, occupations over the whole k-mesh with one chemical potential.
+        Refused for molecules.
 
     Returns
     -------
     dict
         ``e_tot`` (hartree), ``converged``, ``n_cycles``, ``wall_time_s``, ``restricted``,
         ``xc``, ``basis``, ``grid_level``, ``conv_tol``, ``max_cycle``, ``device``, ``nao``;
-        periodic runs add ``pseudo``, ``kmesh``, ``ke_cutoff``, ``mesh``; plus ``mol`` and
-        ``mf`` when ``return_objects``.
+        periodic runs add ``pseudo``, ``kmesh``, ``ke_cutoff``, ``mesh``, ``smearing`` and
+        ``e_free`` (hartree); plus ``mol`` and ``mf`` when ``return_objects``.
     """
     validate_structure(structure)
     _device_check(device)
     basis = default_basis(structure, basis)
+    smearing = check_smearing(smearing)
     if structure.is_periodic:
         return _run_periodic(structure, xc=xc, basis=basis, pseudo=pseudo, kmesh=kmesh,
                              ke_cutoff=ke_cutoff, conv_tol=conv_tol, max_cycle=max_cycle,
                              device=device, chkfile=chkfile, verbose=verbose,
-                             return_objects=return_objects, grid_level=grid_level)
+                             return_objects=return_objects, grid_level=grid_level, smearing=smearing)
+    if smearing:
+        raise InputError(f"{structure.label}: smearing applies to periodic structures only")
     from pyscf import dft
 
     t0 = time.perf_counter()
@@ -324,9 +342,20 @@ def run_reference(structure: Structure, xc: str = DEFAULT_XC, basis: str | None 
     return out
 
 
+def check_smearing(smearing) -> float:
+    """A smearing width as a float >= 0 (hartree); one-line error otherwise."""
+    try:
+        value = float(smearing or 0.0)
+    except (TypeError, ValueError):
+        raise InputError(f"smearing must be a number (hartree), got {smearing!r}") from None
+    if not (np.isfinite(value) and value >= 0.0):
+        raise InputError(f"smearing must be >= 0 hartree, got {smearing!r}")
+    return value
+
+
 def _run_periodic(structure: Structure, xc: str, basis: str, pseudo: str, kmesh, ke_cutoff,
                   conv_tol: float, max_cycle: int, device: str, chkfile, verbose: int,
-                  return_objects: bool, grid_level: int) -> dict:
+                  return_objects: bool, grid_level: int, smearing: float = 0.0) -> dict:
     """The periodic branch of :func:`run_reference` (see there)."""
     if device != "cpu":
         raise InputError(f"{structure.label}: periodic references run on the CPU only (--device cpu)")
@@ -344,16 +373,19 @@ def _run_periodic(structure: Structure, xc: str, basis: str, pseudo: str, kmesh,
     mf.max_cycle = int(max_cycle)
     mf.verbose = verbose
     mf.chkfile = chkfile if chkfile else None
+    if smearing > 0:
+        mf = mf.smearing(sigma=smearing, method="fermi")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         mf.kernel()
+    e_free = float(mf.e_free) if smearing > 0 and getattr(mf, "e_free", None) is not None else float(mf.e_tot)
     out = dict(e_tot=float(mf.e_tot), converged=bool(mf.converged),
                n_cycles=int(getattr(mf, "cycles", -1)), wall_time_s=time.perf_counter() - t0,
                restricted=True, xc=_norm_xc(xc), basis=str(basis).lower(),
                grid_level=int(grid_level), conv_tol=float(conv_tol), max_cycle=int(max_cycle),
                device=device, nao=int(cell.nao), pseudo=str(pseudo).lower() if pseudo else "",
                kmesh=list(kmesh), ke_cutoff=float(ke_cutoff) if ke_cutoff is not None else -1.0,
-               mesh=[int(m) for m in cell.mesh])
+               mesh=[int(m) for m in cell.mesh], smearing=float(smearing), e_free=e_free)
     if return_objects:
         out.update(mol=cell, mf=mf)
     return out
@@ -380,7 +412,8 @@ def write_settings(path: str, structure: Structure, result: dict) -> None:
     if structure.is_periodic:
         attrs.update(pseudo=result.get("pseudo", ""), kmesh=json.dumps(list(result["kmesh"])),
                      ke_cutoff=float(result.get("ke_cutoff", -1.0)),
-                     mesh=json.dumps([int(m) for m in result["mesh"]]))
+                     mesh=json.dumps([int(m) for m in result["mesh"]]),
+                     smearing=float(result.get("smearing", 0.0)), e_free=float(result.get("e_free", result["e_tot"])))
     from .structure import CHK_CELL_DATASET
 
     with h5py.File(path, "a") as f:
@@ -421,10 +454,10 @@ def compute_one(structure: Structure, out_dir: str, xc: str = DEFAULT_XC,
                 basis: str | None = DEFAULT_BASIS, grid_level: int = DEFAULT_GRID_LEVEL,
                 conv_tol: float = DEFAULT_CONV_TOL, max_cycle: int = DEFAULT_MAX_CYCLE,
                 device: str = "cpu", pseudo: str = DEFAULT_PSEUDO, kmesh=DEFAULT_KMESH,
-                ke_cutoff: float | None = None) -> dict:
+                ke_cutoff: float | None = None, smearing: float = 0.0) -> dict:
     """Compute one structure into ``out_dir/<name>.chk`` crash-safely.
 
-    ``pseudo``, ``kmesh`` and ``ke_cutoff`` apply to periodic structures (see
+    ``pseudo``, ``kmesh``, ``ke_cutoff`` and ``smearing`` apply to periodic structures (see
     :func:`run_reference`); ``basis`` None picks the default for the structure's kind.
 
     PySCF writes into a temporary chkfile in ``out_dir``; the settings group is added, the
@@ -446,7 +479,7 @@ def compute_one(structure: Structure, out_dir: str, xc: str = DEFAULT_XC,
     try:
         res = run_reference(structure, xc=xc, basis=basis, grid_level=grid_level,
                             conv_tol=conv_tol, max_cycle=max_cycle, device=device, chkfile=tmp,
-                            pseudo=pseudo, kmesh=kmesh, ke_cutoff=ke_cutoff)
+                            pseudo=pseudo, kmesh=kmesh, ke_cutoff=ke_cutoff, smearing=smearing)
         write_settings(tmp, structure, res)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
@@ -463,7 +496,7 @@ def compute_one(structure: Structure, out_dir: str, xc: str = DEFAULT_XC,
 # ---------------------------------------------------------------------------- many SCFs
 def _existing_mismatch(path: str, structure: Structure, xc: str, basis: str | None,
                        grid_level: int, pseudo: str = DEFAULT_PSEUDO, kmesh=DEFAULT_KMESH,
-                       ke_cutoff: float | None = None) -> str | None:
+                       ke_cutoff: float | None = None, smearing: float = 0.0) -> str | None:
     """Why the existing chkfile ``path`` does not match the request (None if it does)."""
     from .structure import structure_from_chk
 
@@ -491,6 +524,8 @@ def _existing_mismatch(path: str, structure: Structure, xc: str, basis: str | No
         want = float(ke_cutoff) if ke_cutoff is not None else -1.0
         if abs(float(s.get("ke_cutoff", -2.0)) - want) > 1e-9:
             diffs.append(f"ke_cutoff {s.get('ke_cutoff')}")
+        if abs(float(s.get("smearing", 0.0)) - float(smearing or 0.0)) > 1e-12:
+            diffs.append(f"smearing {s.get('smearing', 0.0)}")
     elif int(s.get("grid_level", -1)) != int(grid_level):
         diffs.append(f"grid level {s.get('grid_level')}")
     try:
@@ -585,7 +620,7 @@ def compute_references(structures, out_dir: str, xc: str = DEFAULT_XC,
                        device: str = "cpu", workers: int = 1, shard: tuple[int, int] = (0, 1),
                        overwrite: bool = False, progress: bool = True, log=None,
                        pseudo: str = DEFAULT_PSEUDO, kmesh=DEFAULT_KMESH,
-                       ke_cutoff: float | None = None) -> dict:
+                       ke_cutoff: float | None = None, smearing: float = 0.0) -> dict:
     """Compute the reference chkfiles of many structures, resumably.
 
     All structures are validated first (:func:`prepare_structures`); one bad structure
@@ -599,9 +634,10 @@ def compute_references(structures, out_dir: str, xc: str = DEFAULT_XC,
     ----------
     basis : str or None
         Orbital basis; None: def2-svp for molecules, gth-dzvp for periodic structures.
-    pseudo, kmesh, ke_cutoff
+    pseudo, kmesh, ke_cutoff, smearing
         Settings of periodic structures (see :func:`run_reference`); for them the
-        resumability check compares pseudo, k-mesh and ke_cutoff instead of the grid level.
+        resumability check compares pseudo, k-mesh, ke_cutoff and smearing instead of the
+        grid level.
     workers : int
         Processes; each sets ``pyscf.lib.num_threads(cores // workers)``. 1 runs in this
         process with PySCF's thread setting untouched.
@@ -638,7 +674,7 @@ def compute_references(structures, out_dir: str, xc: str = DEFAULT_XC,
             todo.append(s)
             continue
         why = _existing_mismatch(path, s, xc, basis, grid_level, pseudo=pseudo, kmesh=kmesh,
-                                 ke_cutoff=ke_cutoff)
+                                 ke_cutoff=ke_cutoff, smearing=smearing)
         if why is None:
             skipped.append(s.name)
         elif overwrite:
@@ -656,7 +692,9 @@ def compute_references(structures, out_dir: str, xc: str = DEFAULT_XC,
                    results={}, n_total=len(mine), out_dir=out_dir)
     kwargs = dict(xc=xc, basis=basis, grid_level=grid_level, conv_tol=conv_tol,
                   max_cycle=max_cycle, device=device, pseudo=pseudo, kmesh=kmesh,
-                  ke_cutoff=ke_cutoff)
+                  ke_cutoff=ke_cutoff, smearing=check_smearing(smearing))
+    if smearing and any(not st.is_periodic for st in mine):
+        raise InputError("smearing applies to periodic structures only (a molecule is among the inputs)")
     bar = tqdm(total=len(mine), initial=len(skipped), desc="compute", unit="mol",
                file=sys.stderr, disable=not progress, dynamic_ncols=True)
 
@@ -828,8 +866,8 @@ def load_reference(path: str) -> Reference:
     try:
         with h5py.File(path, "r") as f:
             raw = f["mol"][()]
-            mo_coeff = np.asarray(f["scf/mo_coeff"][()])
-            mo_occ = np.asarray(f["scf/mo_occ"][()], dtype=np.float64)
+            mo_coeff = _chk_array(f, "scf/mo_coeff")
+            mo_occ = np.asarray(_chk_array(f, "scf/mo_occ"), dtype=np.float64)
             e_tot = float(f["scf/e_tot"][()])
             if "scf/kpts" in f:
                 kpts = np.asarray(f["scf/kpts"][()], dtype=np.float64).reshape(-1, 3)
@@ -869,6 +907,15 @@ def load_reference(path: str) -> Reference:
                      xc=str(settings.get("xc", "")), basis=basis,
                      grid_level=int(settings.get("grid_level", -1)),
                      converged=None if converged is None else bool(converged), path=path)
+
+
+def _chk_array(f, key: str) -> np.ndarray:
+    """A PySCF chkfile array; PySCF stores lists (per-k-point occupations of a smeared SCF)
+    as a group ``<key>__from_list__`` of numbered members, stacked here."""
+    if key in f:
+        return np.asarray(f[key][()])
+    group = f[key + "__from_list__"]  # KeyError when absent, as for a plain key
+    return np.stack([np.asarray(group[k][()]) for k in sorted(group)])
 
 
 def _load_periodic(path, raw, structure, settings, mo_coeff, mo_occ, kpts, e_tot) -> Reference:
@@ -912,7 +959,8 @@ def _load_periodic(path, raw, structure, settings, mo_coeff, mo_occ, kpts, e_tot
                      xc=str(settings.get("xc", "")), basis=basis,
                      grid_level=int(settings.get("grid_level", -1)),
                      converged=None if converged is None else bool(converged), path=path,
-                     kpts=kpts, pseudo=pseudo)
+                     kpts=kpts, pseudo=pseudo, smearing=float(settings.get("smearing", 0.0)),
+                     e_free=float(settings["e_free"]) if "e_free" in settings else None)
 
 
 def periodic_density_on_mesh(ref: Reference, mesh=None) -> tuple[np.ndarray, np.ndarray]:

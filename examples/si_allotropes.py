@@ -21,6 +21,10 @@ Si136          Fd-3m 227   8a (1/8, 1/8, 1/8); 32e x = 0.2179;           a = 14.
                            (origin choice 2)
 Si46           Pm-3n 223   6c (1/4, 0, 1/2); 16i x = 0.1847;             a = 10.19 [6]
                            24k (0, y, z) y = 0.3088, z = 0.1173
+ST12           P4_32_12    4a (x, x, 0) x = 0.0849;                      a = 5.51889,
+               96          8b (0.1752, 0.3792, 0.2742)                   c/a = 1.25999974633 [7]
+bct5           I4/mmm 139  4e (0, 0, z) z = 0.181                        a = 3.34916,
+                                                                         c/a = 1.94217355994 [8]
 =============  ==========  ============================================  ==========================
 
 Sources:
@@ -38,6 +42,14 @@ Sources:
 6. Type-I clathrate Si46: the Si framework of Na8Si46 with the guests removed (a guest-free
    Si46 has not been made): J. S. Kasper, P. Hagenmuller, M. Pouchard and C. Cros,
    Science 150, 1713 (1965), lattice parameter and framework positions.
+7. ST12 (Si-IX): the parameters of the AFLOW Library of Crystallographic Prototypes,
+   prototype A_tP12_96_ab (M. J. Mehl et al., Comp. Mat. Sci. 136, S1 (2017)), which
+   cites J. Crain et al., Phys. Rev. B 49, 5329 (1994). Four-fold coordinated with bonds
+   of 2.28, 2.40 and 2.55 Angstrom: a strongly distorted tetrahedral network.
+8. bct5 (a predicted five-fold coordinated phase): AFLOW prototype A_tI4_139_e (same
+   reference as [7]; its z1 = 0.819 in primitive-vector coordinates is the 4e site
+   z = 1 - 0.819 used here), from L. L. Boyer et al., Phys. Rev. Lett. 67, 715 (1991).
+   One bond of 2.355 and four of 2.533 Angstrom per atom.
 
 The positional parameters of BC8 and of the two clathrates are checked here only by
 geometry (``tests/test_periodic_e2e.py``): every atom is four-fold coordinated with bonds
@@ -49,9 +61,9 @@ with identical bond lengths, which was checked with ase.spacegroup. The numerica
 (x, y, z, a) still have to be compared with the cited papers before publishing numbers
 built on them.
 
-Left out (parameters not pinned down well enough from the literature at hand): ST12
-(P4_32_12), R8 (R-3, Si-XII), bct5 (I4/mmm, a predicted structure) and simple hexagonal
-Si-V (P6/mmm).
+Left out (parameters not pinned down well enough from the literature at hand): R8 (R-3,
+Si-XII) and simple hexagonal Si-V (P6/mmm). The ST12 and bct5 values were read from the
+AFLOW prototype library's own parameter listing, not from the original papers.
 
 Usage::
 
@@ -87,12 +99,18 @@ ALLOTROPES = {
                   spacegroup=227, setting=2, cellpar=[14.62, 14.62, 14.62, 90, 90, 90]),
     "si46": dict(basis=[(0.25, 0.0, 0.5), (0.1847, 0.1847, 0.1847), (0.0, 0.3088, 0.1173)],
                  spacegroup=223, setting=1, cellpar=[10.19, 10.19, 10.19, 90, 90, 90]),
+    "st12": dict(basis=[(0.0849, 0.0849, 0.0), (0.1752, 0.3792, 0.2742)], spacegroup=96, setting=1,
+                 cellpar=[5.51889, 5.51889, 5.51889 * 1.25999974633, 90, 90, 90]),
+    "bct5": dict(basis=[(0.0, 0.0, 1 - 0.819)], spacegroup=139, setting=1,
+                 cellpar=[3.34916, 3.34916, 3.34916 * 1.94217355994, 90, 90, 90]),
 }
 
 #: Atoms per conventional cell, from the Wyckoff multiplicities (a check of the builder).
-CONVENTIONAL_ATOMS = {"diamond": 8, "lonsdaleite": 4, "beta_sn": 4, "bc8": 16, "si136": 136, "si46": 46}
+CONVENTIONAL_ATOMS = {"diamond": 8, "lonsdaleite": 4, "beta_sn": 4, "bc8": 16, "si136": 136, "si46": 46,
+                      "st12": 12, "bct5": 4}
 
-#: Structures with four-fold (tetrahedral) coordination.
+#: Structures with four-fold (tetrahedral) coordination and bonds of 2.30-2.39 Angstrom
+#: (ST12 is four-fold coordinated too, with a wider bond spread).
 TETRAHEDRAL = ("diamond", "lonsdaleite", "bc8", "si136", "si46")
 
 

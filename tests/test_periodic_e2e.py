@@ -35,11 +35,31 @@ def _allotropes():
 
 
 # ----------------------------------------------------------------------------- allotropes
+def test_allotrope_study_keeps_held_out_phases_out_of_training():
+    import argparse
+
+    spec = importlib.util.spec_from_file_location("si_allotrope_study",
+                                                  os.path.join(ROOT, "examples", "si_allotrope_study.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    args = argparse.Namespace(train="diamond,beta_sn", test="bc8", variants=2, interp_variants=1, test_variants=1,
+                              rattle=0.05, strain=0.03, seed=0, conventional_variants=True)
+    sets = mod.structure_sets(args)
+    names = {k: [a.info["name"] for a in v] for k, v in sets.items()}
+    assert names["train"] == ["diamond", "diamond_v0", "diamond_v1", "beta_sn", "beta_sn_v0", "beta_sn_v1"]
+    assert names["interp"] == ["diamond_t0", "beta_sn_t0"] and names["test"] == ["bc8", "bc8_v0"]
+    assert len(sets["train"][1]) == 8 and len(sets["train"][0]) == 2  # conventional-cell variants
+    # interpolation variants are new geometries of a training phase, not copies
+    assert not np.allclose(sets["interp"][0].positions, sets["train"][1].positions)
+
+
+
 def test_allotrope_builder_counts_and_bonds(tmp_path):
     from ase.neighborlist import neighbor_list
 
     mod = _allotropes()
-    primitive = {"diamond": 2, "lonsdaleite": 4, "beta_sn": 2, "bc8": 8, "si136": 34, "si46": 46}
+    primitive = {"diamond": 2, "lonsdaleite": 4, "beta_sn": 2, "bc8": 8, "si136": 34, "si46": 46, "st12": 12,
+                 "bct5": 2}
     for name in mod.ALLOTROPES:
         conv = mod.build(name, primitive=False)
         assert len(conv) == mod.CONVENTIONAL_ATOMS[name], name
@@ -51,6 +71,13 @@ def test_allotrope_builder_counts_and_bonds(tmp_path):
         cn = np.bincount(i, minlength=len(prim))
         if name in mod.TETRAHEDRAL:
             assert (cn == 4).all() and 2.29 < d.min() and d.max() < 2.40, (name, cn, d.min(), d.max())
+        elif name == "st12":  # four-fold, bonds 2.28 / 2.40 / 2.55 (AFLOW A_tP12_96_ab)
+            assert (cn == 4).all() and np.allclose(np.unique(d.round(2)), [2.28, 2.40, 2.55]), np.unique(d)
+        elif name == "bct5":  # five-fold: one bond along c of 2 z c, four of hypot(a / sqrt 2, (1/2 - 2 z) c)
+            a, c, z = 3.34916, 3.34916 * 1.94217355994, 1 - 0.819
+            assert (cn == 5).all()
+            assert np.allclose(np.sort(d)[:len(prim)], 2 * z * c, atol=1e-6)
+            assert np.allclose(np.sort(d)[len(prim):], np.hypot(a / np.sqrt(2), (0.5 - 2 * z) * c), atol=1e-6)
         else:  # beta-Sn: 4 bonds of sqrt((a/2)^2 + (c/4)^2) and 2 of c
             assert (cn == 6).all()
             assert np.allclose(np.sort(d)[:4 * len(prim)], np.hypot(4.686 / 2, 2.585 / 4), atol=1e-6)
@@ -150,6 +177,58 @@ def test_nscf_gamma_point_lda_reproduces_the_scf(tmp_path):
     eps = np.asarray(scf_chkfile.load(chk, "scf")["mo_energy"]).reshape(1, -1)
     assert np.abs(res.band_energies - eps).max() < 1e-5
     assert res.direct_gap == pytest.approx(res.gap)  # one k-point
+
+
+def test_smeared_reference_and_harris_mermin(tmp_path):
+    """Fermi-Dirac smearing (metals): the reference records its width and free energy, the
+    Harris-Mermin free energy of the smeared SCF density matrices is PySCF's e_free, and its
+    central differences (density matrices carried along) are PySCF's analytic forces."""
+    from ase.build import bulk
+    from ase.io import write
+    from pyscf.scf import chkfile as scf_chkfile
+
+    from densitylearn.properties import (central_difference_forces, displaced_cell, fermi_dirac_occupations,
+                                         nscf_periodic, reference_forces)
+    from densitylearn.reference import load_reference, read_settings
+
+    at = bulk("Si", "diamond", a=5.0)  # compressed: a small gap that a wide smearing fills
+    at.rattle(0.05, seed=3)
+    xyz = str(tmp_path / "si.extxyz")
+    write(xyz, at)
+    out = str(tmp_path / "chk")
+    assert cli.main(["compute", xyz, "--out", out, *COMPUTE, "--smearing", "0.02"]) == 0
+    chk = os.path.join(out, os.listdir(out)[0])
+    st = read_settings(chk)
+    assert st["smearing"] == 0.02 and st["e_free"] < st["e_tot"]
+    ref = load_reference(chk)
+    assert ref.smearing == 0.02 and ref.e_free == st["e_free"]
+    occ = np.asarray(scf_chkfile.load(chk, "scf")["mo_occ"])
+    assert ((occ > 1e-3) & (occ < 2 - 1e-3)).any()  # fractional occupations
+    res = nscf_periodic(ref.mol, ref.kpts, dm=ref.dm, xc="pbe", smearing=ref.smearing)
+    assert abs(res.energy - ref.e_free) < 1e-6
+    np.testing.assert_allclose(res.occupations, occ, atol=1e-6)
+    plain = nscf_periodic(ref.mol, ref.kpts, dm=ref.dm, xc="pbe")
+    assert abs(plain.energy - res.energy) > 1e-4  # the entropy and the occupations matter here
+    assert plain.gap == pytest.approx(res.gap)  # band edges from the integer filling either way
+    f0 = reference_forces(chk)
+    f = central_difference_forces(
+        lambda disp: [nscf_periodic(displaced_cell(ref.mol, x.positions), ref.kpts, dm=ref.dm, xc="pbe",
+                                    smearing=ref.smearing).energy for x in disp], ref.structure)
+    assert np.abs(f0).max() > 1e-3 and np.abs(f - f0).max() < 5e-5
+    # occupations hold the electron count; the entropy of a step function is zero
+    o, s_ = fermi_dirac_occupations(np.array([-1.0, 0.0, 1.0]), 2.0, 1e-4)
+    assert o.sum() == pytest.approx(2.0) and s_ == pytest.approx(0.0, abs=1e-12)
+    # the smearing is part of the resumability check, and molecules refuse it
+    from densitylearn.errors import MismatchError
+    from densitylearn.reference import compute_references
+    from densitylearn.structure import read_structures
+
+    with pytest.raises(MismatchError, match="smearing 0.02"):
+        compute_references(read_structures(xyz), out, basis="gth-szv", kmesh="2,1,1", ke_cutoff=20,
+                           progress=False)
+    water = tmp_path / "h2o.xyz"
+    water.write_text("3\nwater\nO 0.0 0.0 0.1173\nH 0.0 0.7572 -0.4692\nH 0.0 -0.7572 -0.4692\n")
+    assert cli.main(["compute", str(water), "--out", str(tmp_path / "m"), "--smearing", "0.01", "--no-progress"]) == 2
 
 
 def test_nscf_from_fitted_densities(cells):

@@ -34,6 +34,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--ke-cutoff", type=float, default=None, metavar="HARTREE",
                         help="kinetic-energy cutoff of the FFT mesh of periodic structures "
                              "(default: PySCF's, from the basis)")
+    parser.add_argument("--smearing", type=float, default=0.0, metavar="HARTREE",
+                        help="Fermi-Dirac smearing width of periodic structures, hartree (default: 0, "
+                             "integer occupations; metals need e.g. 0.005)")
     parser.add_argument("--charge", type=int, default=None,
                         help="net charge for every structure (default: from the file's info, else 0)")
     parser.add_argument("--spin", type=int, default=None,
@@ -97,6 +100,7 @@ def run(args) -> int:
         structures, args.out, xc=args.xc, basis=args.basis, grid_level=args.grid_level,
         conv_tol=args.conv_tol, max_cycle=args.max_cycle, device=args.device,
         workers=args.workers, shard=shard, overwrite=args.overwrite,
-        progress=not args.no_progress, pseudo=args.pseudo, kmesh=kmesh, ke_cutoff=args.ke_cutoff)
+        progress=not args.no_progress, pseudo=args.pseudo, kmesh=kmesh, ke_cutoff=args.ke_cutoff,
+        smearing=args.smearing)
     print(format_summary(summary), file=sys.stdout, flush=True)
     return 1 if summary["failed"] or summary["unconverged"] else 0

@@ -46,6 +46,9 @@ def add_arguments(p):
                    help="periodic structures without a chkfile: FFT-mesh cutoff (default: PySCF's)")
     p.add_argument("--pseudo", default=None,
                    help="periodic structures: pseudopotential (default and only allowed value: the model's)")
+    p.add_argument("--smearing", type=float, default=None, metavar="HARTREE",
+                   help="periodic structures: Fermi-Dirac width of the occupations (default: the chkfile's, "
+                        "else 0); another value than a chkfile's needs --override")
     p.add_argument("--quiet", action="store_true", help="print the summary only")
 
 
@@ -67,6 +70,10 @@ def run(args):
         from ..errors import InputError
 
         raise InputError(f"--ke-cutoff must be > 0 hartree, got {args.ke_cutoff}")
+    if args.smearing is not None:
+        from ..reference import check_smearing
+
+        check_smearing(args.smearing)
     from ..properties import FORCE_STEP_BOHR
 
     step = FORCE_STEP_BOHR if args.force_step is None else args.force_step
@@ -78,7 +85,7 @@ def run(args):
                               grid_level=args.grid_level, override=args.override,
                               forces_from=predictor.predict if args.forces else None, force_step=step,
                               pseudo=getattr(predictor, "pseudo", "") or None, kmesh=args.kmesh,
-                              ke_cutoff=args.ke_cutoff)
+                              ke_cutoff=args.ke_cutoff, smearing=args.smearing)
     report["settings"]["model"] = predictor.checkpoint
     report["settings"]["target"] = predictor.target
     text = format_nscf(report)
