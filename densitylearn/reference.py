@@ -663,6 +663,8 @@ def compute_references(structures, out_dir: str, xc: str = DEFAULT_XC,
     if n_shard < 1 or not 0 <= i_shard < n_shard:
         raise InputError(f"shard {i_shard}/{n_shard}: need 0 <= i < n")
     mine = [s for k, s in enumerate(structures) if k % n_shard == i_shard]
+    if check_smearing(smearing) and any(not st.is_periodic for st in mine):
+        raise InputError("smearing applies to periodic structures only (a molecule is among the inputs)")
     workers = int(workers)
     if workers < 1:
         raise InputError(f"workers must be >= 1, got {workers}")
@@ -693,8 +695,6 @@ def compute_references(structures, out_dir: str, xc: str = DEFAULT_XC,
     kwargs = dict(xc=xc, basis=basis, grid_level=grid_level, conv_tol=conv_tol,
                   max_cycle=max_cycle, device=device, pseudo=pseudo, kmesh=kmesh,
                   ke_cutoff=ke_cutoff, smearing=check_smearing(smearing))
-    if smearing and any(not st.is_periodic for st in mine):
-        raise InputError("smearing applies to periodic structures only (a molecule is among the inputs)")
     bar = tqdm(total=len(mine), initial=len(skipped), desc="compute", unit="mol",
                file=sys.stderr, disable=not progress, dynamic_ncols=True)
 

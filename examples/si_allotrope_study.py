@@ -162,7 +162,7 @@ def main(argv=None) -> int:
         with ProcessPoolExecutor(2) as pool:
             list(pool.map(_train_job, [(data["train"], run, cfg, max(1, (os.cpu_count() or 2) // 2))
                                        for _, run, cfg in jobs]))
-    results = {"settings": {k: v for k, v in vars(args).items()}, "structures": {}}
+    results = {"settings": dict(vars(args)), "structures": {}}
     rows = results["structures"]
     floors = {}
     from densitylearn.data import CoefficientDataset
@@ -217,13 +217,15 @@ def relative_energies(results: dict, origin: str = "diamond") -> None:
     """Energy per atom relative to ideal ``origin`` (SCF, and each model's NSCF against the
     same model's NSCF of ``origin``): the allotrope energy ordering, meV/atom.
 
-    Needs ``origin`` among the evaluated structures (``--interp-variants`` evaluates only
-    variants; the study adds the ideal training allotropes to the interpolation set)."""
+    Needs ``origin`` among the evaluated structures: the ideal training allotropes are
+    evaluated as the ``seen`` set."""
+    from densitylearn.units import HARTREE_EV
+
     rows = results["structures"]
     if origin not in rows:
         return
     o = rows[origin]
-    mev = 27.211386245988 * 1000
+    mev = HARTREE_EV * 1000
     for r in rows.values():
         rel = {"reference": (r["reference_energy_per_atom_hartree"] - o["reference_energy_per_atom_hartree"]) * mev}
         for target in ("total", "difference"):
@@ -233,9 +235,8 @@ def relative_energies(results: dict, origin: str = "diamond") -> None:
 
 
 def print_table(results: dict) -> None:
-    mev = "meV"
-    print(f"| structure | set | atoms | gap eV | eps TCD % | eps DCD % | floor TCD/DCD % | energy TCD / DCD {mev}/atom "
-          f"| gap TCD / DCD {mev} | bands MAE TCD / DCD {mev} | forces MAE TCD / DCD {mev}/A |")
+    print("| structure | set | atoms | gap eV | eps TCD % | eps DCD % | floor TCD/DCD % | energy TCD / DCD meV/atom "
+          "| gap TCD / DCD meV | bands MAE TCD / DCD meV | forces MAE TCD / DCD meV/A |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, r in sorted(results["structures"].items(), key=lambda kv: (kv[1]["set"], kv[0])):
         t, d = r.get("nscf_total", {}), r.get("nscf_difference", {})
