@@ -454,7 +454,8 @@ def compute_one(structure: Structure, out_dir: str, xc: str = DEFAULT_XC,
                 basis: str | None = DEFAULT_BASIS, grid_level: int = DEFAULT_GRID_LEVEL,
                 conv_tol: float = DEFAULT_CONV_TOL, max_cycle: int = DEFAULT_MAX_CYCLE,
                 device: str = "cpu", pseudo: str = DEFAULT_PSEUDO, kmesh=DEFAULT_KMESH,
-                ke_cutoff: float | None = None, smearing: float = 0.0) -> dict:
+                ke_cutoff: float | None = None, smearing: float = 0.0,
+                skip_existing: bool = False) -> dict:
     """Compute one structure into ``out_dir/<name>.chk`` crash-safely.
 
     ``pseudo``, ``kmesh``, ``ke_cutoff`` and ``smearing`` apply to periodic structures (see
@@ -465,13 +466,24 @@ def compute_one(structure: Structure, out_dir: str, xc: str = DEFAULT_XC,
     converged, else to ``<name>.unconverged.chk``. On an exception the temporary file is
     removed and nothing else is touched.
 
+    With ``skip_existing``, a chkfile of the same settings that appeared after the job was
+    queued (another worker, shard or machine writing into the same folder) is kept and the
+    SCF is not run (``status`` 'skipped'); one of other settings raises
+    :class:`MismatchError`.
+
     Returns
     -------
     dict
-        ``status`` ('computed' or 'unconverged'), ``path`` and the :func:`run_reference`
-        results (``e_tot``, ``n_cycles``, ``wall_time_s``, ...).
+        ``status`` ('computed', 'unconverged' or 'skipped'), ``path`` and the
+        :func:`run_reference` results (``e_tot``, ``n_cycles``, ``wall_time_s``, ...).
     """
     final = chk_path(out_dir, structure)
+    if skip_existing and os.path.exists(final):
+        why = _existing_mismatch(final, structure, xc, basis, grid_level, pseudo=pseudo, kmesh=kmesh,
+                                 ke_cutoff=ke_cutoff, smearing=smearing)
+        if why is not None:
+            raise MismatchError(f"{final} appeared meanwhile and differs from this run ({why})")
+        return {"status": "skipped", "path": final}
     os.makedirs(out_dir, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{structure.name}.", suffix=".chk.tmp", dir=out_dir)
     os.close(fd)
@@ -694,7 +706,7 @@ def compute_references(structures, out_dir: str, xc: str = DEFAULT_XC,
                    results={}, n_total=len(mine), out_dir=out_dir)
     kwargs = dict(xc=xc, basis=basis, grid_level=grid_level, conv_tol=conv_tol,
                   max_cycle=max_cycle, device=device, pseudo=pseudo, kmesh=kmesh,
-                  ke_cutoff=ke_cutoff, smearing=check_smearing(smearing))
+                  ke_cutoff=ke_cutoff, smearing=check_smearing(smearing), skip_existing=not overwrite)
     bar = tqdm(total=len(mine), initial=len(skipped), desc="compute", unit="mol",
                file=sys.stderr, disable=not progress, dynamic_ncols=True)
 
@@ -712,6 +724,10 @@ def compute_references(structures, out_dir: str, xc: str = DEFAULT_XC,
             summary["errors"][s.name] = msg
             say(f"densitylearn compute: {s.source or s.name}: {s.name} failed: {msg}")
         else:
+            if res["status"] == "skipped":
+                summary["skipped"].append(s.name)
+                bar.update(1)
+                return
             summary["results"][s.name] = res
             if res["status"] == "computed":
                 summary["computed"].append(s.name)

@@ -71,6 +71,10 @@ class TrainConfig:
     amp: bool = False               #: bfloat16 autocast on CUDA
     backend: str = "e3nn"           #: tensor products: 'e3nn' or 'cueq' (cuEquivariance)
     max_train_structures: int | None = None
+    #: wall-clock budget in minutes (None: none). The cosine decay follows whichever of
+    #: epochs and elapsed time is further along, and training ends when either runs out, so
+    #: a run with a hard time limit still anneals its learning rate.
+    max_minutes: float | None = None
     model: dict = field(default_factory=dict)  #: ModelConfig fields
 
     def __post_init__(self):
@@ -87,6 +91,8 @@ class TrainConfig:
                 raise InputError(f"config: {name} must be >= 1")
         if not 0.0 < self.val_fraction < 1.0:
             raise InputError("config: val_fraction must lie in (0, 1)")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise InputError("config: max_minutes must be > 0")
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "TrainConfig":
@@ -163,6 +169,14 @@ class MetricCache:
 
                 self._cache[key] = structure_metric(self.basis, numbers, positions, self.metric)
         return self._cache[key]
+
+    def tensor(self, key, numbers, positions, record, device, dtype) -> torch.Tensor:
+        """:meth:`get` as a tensor on ``device``; the converted copy replaces the array in
+        the cache, so each matrix crosses to the GPU once instead of at every step."""
+        m = self.get(key, numbers, positions, record)
+        if not (isinstance(m, torch.Tensor) and m.device == device and m.dtype == dtype):
+            m = self._cache[key] = torch.as_tensor(m).to(device=device, dtype=dtype)
+        return m
 
 
 #: Grid spacing (bohr) of a cell whose reference chkfile (and FFT mesh) is not at hand.
@@ -271,11 +285,13 @@ def _no_buffer_sync() -> dict:
     return {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
 
 
-def _lr_lambda(warmup: int, total: int):
+def _lr_lambda(warmup: int, total: int, time_frac=lambda: 0.0):
+    """Linear warm-up, then cosine decay to 2 % over ``total`` steps or, when
+    ``time_frac()`` (the spent fraction of a time budget) is further along, over the budget."""
     def f(step: int) -> float:
         if step < warmup:
             return (step + 1) / max(1, warmup)
-        frac = (step - warmup) / max(1, total - warmup)
+        frac = max((step - warmup) / max(1, total - warmup), time_frac())
         return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
     return f
 
@@ -459,10 +475,14 @@ class GridValidator:
 
         device = next(model.parameters()).device
         eps = []
-        for (rec, pts, w, rho_ref), rho_saed in zip(self.items, self.saed_values):
+        for k, ((rec, pts, w, rho_ref), rho_saed) in enumerate(zip(self.items, self.saed_values)):
             batch = G.to_device(G.collate([rec], self.basis), device)
-            c = model(batch)[G.COEFFICIENTS].double().cpu()
-            rho = self._evaluate(rec, pts, c, None)
+            # the density is evaluated where the model runs (the GPU's grid kernels in training)
+            c = model(batch)[G.COEFFICIENTS].double()
+            if not (isinstance(pts, torch.Tensor) and pts.device == device):
+                pts = torch.as_tensor(pts, dtype=torch.float64, device=device)
+                self.items[k] = (rec, pts, w, rho_ref)
+            rho = self._evaluate(rec, pts, c, None).cpu()
             if rho_saed is not None:
                 rho = rho + rho_saed
             eps.append(eps_mae(rho.numpy(), rho_ref, w))
@@ -550,8 +570,16 @@ def train(data_path: str, out_dir: str, config: TrainConfig = TrainConfig(), pro
 
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = max(1, math.ceil(len(train_idx) / (config.batch_size * world)))
+    # training time spent (seconds, carried across resumes) against max_minutes; the spent
+    # fraction is taken on rank 0 once per epoch and shared, so every rank has the same lr
+    clock = {"spent": 0.0, "since": time.time(), "frac": 0.0}
+
+    def spent() -> float:
+        return clock["spent"] + time.time() - clock["since"]
+
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(config.warmup_steps,
-                                                              steps_per_epoch * config.max_epochs))
+                                                              steps_per_epoch * config.max_epochs,
+                                                              lambda: clock["frac"]))
     ema = EMA(model, config.ema_decay)
     epoch, step, best, bad = 0, 0, float("inf"), 0
     if resume is not None:
@@ -560,6 +588,8 @@ def train(data_path: str, out_dir: str, config: TrainConfig = TrainConfig(), pro
         sched.load_state_dict(resume["scheduler"])
         ema.load_state_dict(resume["ema_state_dict"])
         epoch, step, best, bad = resume["epoch"], resume["step"], resume["best_val"], resume["bad_epochs"]
+        clock["spent"] = float(resume.get("time_spent_s", 0.0))
+        clock["frac"] = clock["spent"] / (60.0 * config.max_minutes) if config.max_minutes else 0.0
         _set_rng_state(resume["rng"])
         if rank == 0 and progress:
             log(f"resuming {out_dir} at epoch {epoch} (best validation eps_mae {best:.4f} %)")
@@ -579,13 +609,14 @@ def train(data_path: str, out_dir: str, config: TrainConfig = TrainConfig(), pro
         pred = out[G.COEFFICIENTS].to(dtype)
         mats = None
         if metric_cache is not None:
-            mats = [torch.as_tensor(metric_cache.get(int(i), r["numbers"], r["positions"], r),
-                                    device=device, dtype=dtype) for i, r in zip(idx, records)]
+            mats = [metric_cache.tensor(int(i), r["numbers"], r["positions"], r, device, dtype)
+                    for i, r in zip(idx, records)]
         return density_loss(pred, batch[G.TARGET_COEFFICIENTS], batch[G.COEF_OFFSETS].tolist(), mats,
                             batch[G.N_ELECTRONS])
 
     summary = {"out_dir": out_dir, "best": best_path, "last": last_path}
-    while epoch < config.max_epochs and bad < config.patience:
+    clock["since"] = time.time()
+    while epoch < config.max_epochs and bad < config.patience and clock["frac"] < 1.0:
         t0 = time.time()
         perm = np.random.default_rng([config.seed, epoch]).permutation(train_idx)
         # every rank takes the same number of batches (the permutation wraps around)
@@ -608,7 +639,7 @@ def train(data_path: str, out_dir: str, config: TrainConfig = TrainConfig(), pro
             losses.append(float(loss.detach()))
             bar.set_postfix(loss=f"{losses[-1]:.3e}")
         epoch += 1
-        stop = torch.zeros(1)
+        stop = torch.zeros(2)
         if rank == 0:
             # validation with the EMA weights
             live = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -634,18 +665,23 @@ def train(data_path: str, out_dir: str, config: TrainConfig = TrainConfig(), pro
                     f"val eps_mae {veps:.4f} %{' *' if improved else ''}")
             payload = _checkpoint_payload(model, ema, opt, sched, config, ds, epoch, step, best, bad,
                                           train_idx, val_idx)
+            payload["time_spent_s"] = spent()
             if improved:
                 save_checkpoint(best_path, payload)
             save_checkpoint(last_path, payload)
             stop[0] = float(bad >= config.patience)
+            stop[1] = spent() / (60.0 * config.max_minutes) if config.max_minutes else 0.0
             if epoch_callback is not None:
                 epoch_callback(entry)
         if distributed:
             import torch.distributed as dist
 
             dist.broadcast(stop, 0)
-            bad = config.patience if stop[0] > 0 else bad
-    summary.update({"epochs": epoch, "steps": step, "best_val_eps_mae": best})
+        clock["frac"] = float(stop[1])
+        if stop[0] > 0:
+            break
+    summary.update({"epochs": epoch, "steps": step, "best_val_eps_mae": best,
+                    "time_spent_s": spent()})
     return summary
 
 

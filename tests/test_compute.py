@@ -170,6 +170,26 @@ def test_library_api(tmp_path):
     assert summary["results"]["h2"]["e_tot"] == pytest.approx(res["e_tot"], abs=1e-10)
 
 
+def test_chkfile_written_meanwhile_is_kept(computed, tmp_path):
+    # another worker or machine finished the structure after this job was queued: the
+    # job keeps that file instead of running the SCF again, and refuses one of other settings
+    import shutil
+
+    from densitylearn.errors import MismatchError
+    from densitylearn.reference import compute_one
+    from densitylearn.structure import read_structures
+
+    (s,) = read_structures(computed["h2o"])
+    out = tmp_path / "out"
+    out.mkdir()
+    shutil.copy(os.path.join(computed["out"], "h2o.chk"), out / "h2o.chk")
+    before = os.stat(out / "h2o.chk").st_mtime_ns
+    res = compute_one(s, str(out), basis="sto-3g", grid_level=1, skip_existing=True)
+    assert res["status"] == "skipped" and os.stat(out / "h2o.chk").st_mtime_ns == before
+    with pytest.raises(MismatchError, match="appeared meanwhile"):
+        compute_one(s, str(out), basis="sto-3g", grid_level=2, skip_existing=True)
+
+
 @pytest.mark.parametrize("case", ["missing", "garbage", "charge", "spin", "nan", "periodic",
                                   "bad_frame", "xc"])
 def test_bad_inputs_one_line_exit_2(case, computed, tmp_path, capsys):

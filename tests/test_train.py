@@ -70,6 +70,26 @@ def test_killed_run_resumes_as_if_never_stopped(fit_dataset, tmp_path):
         torch.testing.assert_close(a["ema_state_dict"][k], b["ema_state_dict"][k], rtol=tol, atol=tol)
 
 
+def test_time_budget_anneals_and_stops(fit_dataset, tmp_path):
+    from densitylearn.train import _lr_lambda
+
+    # the cosine decay follows whichever of steps and spent time is further along
+    f = _lr_lambda(warmup=2, total=1000, time_frac=lambda: 0.5)
+    assert f(0) == pytest.approx(0.5)  # warm-up is untouched
+    assert f(10) == pytest.approx(0.02 + 0.98 * 0.5)  # half the budget spent: half-way down
+    assert f(1000) == pytest.approx(0.02)  # steps further along than time
+    assert _lr_lambda(2, 1000, lambda: 2.0)(10) == pytest.approx(0.02)
+    # a budget far shorter than one epoch: one epoch runs, then the run stops long before
+    # max_epochs and records the spent time; resuming a spent budget runs no further epoch
+    cfg = TrainConfig.from_dict(dict(CFG, max_epochs=50, max_minutes=1e-4))
+    summary = train(fit_dataset, str(tmp_path / "run"), cfg, progress=False)
+    assert summary["epochs"] == 1 and summary["time_spent_s"] > 6e-3
+    assert load_checkpoint(str(tmp_path / "run" / "last.pt"))["time_spent_s"] > 6e-3
+    assert train(fit_dataset, str(tmp_path / "run"), cfg, progress=False)["epochs"] == 1
+    with pytest.raises(InputError, match="max_minutes"):
+        TrainConfig.from_dict(dict(CFG, max_minutes=0))
+
+
 def test_total_target_and_bad_inputs(fit_dataset, tmp_path, capsys):
     cfg = dict(CFG, max_epochs=1, target="total")
     summary = train(fit_dataset, str(tmp_path / "tcd"), TrainConfig.from_dict(cfg), progress=False)

@@ -17,6 +17,8 @@ def add_arguments(p):
                    help="difference = Delta-SAED DCD (default), total = TCD")
     p.add_argument("--config", default=None, help="YAML or JSON file with training and model settings")
     p.add_argument("--epochs", type=int, default=None, dest="max_epochs", help="maximum epochs")
+    p.add_argument("--max-minutes", type=float, default=None, dest="max_minutes",
+                   help="wall-clock budget: the learning rate anneals over it and training stops when it is spent")
     p.add_argument("--batch-size", type=int, default=None, dest="batch_size")
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--loss", choices=("coulomb", "overlap", "mse"), default=None)
@@ -30,8 +32,8 @@ def add_arguments(p):
 def run(args):
     from ..train import TrainConfig, train
 
-    overrides = {k: getattr(args, k) for k in ("target", "max_epochs", "batch_size", "lr", "loss",
-                                                 "device", "seed", "backend")}
+    overrides = {k: getattr(args, k) for k in ("target", "max_epochs", "max_minutes", "batch_size", "lr",
+                                                 "loss", "device", "seed", "backend")}
     if args.config:
         config = TrainConfig.from_file(args.config, **overrides)
     else:
