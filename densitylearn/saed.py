@@ -784,9 +784,13 @@ def _evaluate_torch(saed: SAED, numbers, positions, pts, rho, tol, chunk_size, b
     cut2 = torch.as_tensor(cut ** 2, device=device, dtype=dtype)
     tables = []
     for z in zs:
-        p, b, w = saed.terms(z)
-        tables.append(tuple(torch.tensor(np.array(a), device=device, dtype=dtype) for a in (p // 2, b, w)))
-    max_terms = max(len(t[0]) for t in tables)
+        p, b, w = (np.asarray(a) for a in saed.terms(z))
+        # terms split by power of r^2 (0 or 1 for Gaussian-fitted atomic densities), so the
+        # inner loop never calls pow
+        tables.append([(int(k), torch.tensor(np.array(b[p // 2 == k]), device=device, dtype=dtype),
+                        torch.tensor(np.array(w[p // 2 == k]), device=device, dtype=dtype))
+                       for k in sorted(set((p // 2).tolist()))])
+    max_terms = max(sum(len(b) for _, b, _ in t) for t in tables)
     pair_budget = max(1, budget // max_terms)
 
     origin = positions.min(0)
@@ -844,12 +848,17 @@ def _evaluate_torch(saed: SAED, numbers, positions, pts, rho, tol, chunk_size, b
             keep = r2 < cut2[e]
             pair_pt, r2, e = pair_pt[keep], r2[keep], e[keep]
             out = torch.zeros(n, device=device, dtype=dtype)
-            for i, (pl, b, w) in enumerate(tables):
+            for i, groups in enumerate(tables):
                 m = e == i
                 if not bool(m.any()):
                     continue
                 x = r2[m][:, None]
-                vals = (w * x ** pl * torch.exp(-b * x)).sum(1)
+                vals = None
+                for k, b, w in groups:
+                    v = torch.exp(-b * x) @ w
+                    if k:
+                        v = v * x[:, 0] ** k
+                    vals = v if vals is None else vals + v
                 out.index_add_(0, pair_pt[m], vals)
             rho[s:s + n] += out
     return rho

@@ -51,6 +51,25 @@ def test_per_element_partition_sums_to_the_total(chks):
     assert 100 * err / n == pytest.approx(eps_mae(noisy, rho, w), rel=1e-12)
 
 
+def test_reference_density_equals_pyscf_for_any_symmetric_dm(chks):
+    # the thin eigen-factorised contraction against PySCF's eval_rho, for the SCF density
+    # matrix and for an indefinite one (fractional or negative eigenvalues)
+    from pyscf.dft import numint
+
+    from densitylearn.grid import becke_grid
+    from densitylearn.reference import load_reference
+
+    ref = load_reference(chks[0])
+    pts, _ = becke_grid(ref.mol, level=1)
+    ao = numint.eval_ao(ref.mol, pts)
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=ref.dm.shape)
+    for dm in (ref.dm, ref.dm + 0.05 * (a + a.T)):
+        expect = numint.eval_rho(ref.mol, ao, dm, xctype="LDA")
+        got = reference_density(ref.mol, dm, pts, block=997)
+        assert np.max(np.abs(got - expect)) < 1e-10 * np.max(np.abs(expect))
+
+
 def test_bad_inputs_are_one_line_errors(fit_dataset, chks, tmp_path, capsys):
     # a reference whose geometry differs
     moved = tmp_path / "moved"
