@@ -111,6 +111,7 @@ def evaluate_file(path: str, references=None, grid_level: int = DEFAULT_GRID_LEV
         Evaluate only the first ``limit`` structures.
     """
     import torch
+    from ase.data import chemical_symbols
     from tqdm.auto import tqdm
 
     from .basis import AuxBasis
@@ -154,8 +155,12 @@ def evaluate_file(path: str, references=None, grid_level: int = DEFAULT_GRID_LEV
                 rho = evaluate_density(ds.basis, rec["numbers"], rec["positions"], coef, points,
                                        saed=saed if t == "difference" else None).cpu().numpy()
             row[f"eps_mae_{t}"] = eps_mae(rho, rho_ref, weights)
+            # per element: [integrated |error|, reference electrons] (e), so that reports of
+            # several files can be merged into exact per-element eps_mae
+            row[f"per_element_{t}"] = {}
             for z, (err, ref_n) in per_element_eps(rho, rho_ref, weights, atom_index,
                                                    rec["numbers"]).items():
+                row[f"per_element_{t}"][chemical_symbols[z]] = [float(err), float(ref_n)]
                 acc = per_el_acc[t].setdefault(z, [0.0, 0.0])
                 acc[0] += err
                 acc[1] += ref_n
@@ -172,8 +177,6 @@ def evaluate_file(path: str, references=None, grid_level: int = DEFAULT_GRID_LEV
               "summary": {}, "per_element": {}, "radial_profiles": {
                   "bins_bohr": RADIAL_BINS.tolist(),
                   "units": "abs error per atom per bohr of radius, e/bohr"}}
-    from ase.data import chemical_symbols
-
     for t in targets:
         e = np.array([r[f"eps_mae_{t}"] for r in rows])
         report["summary"][LABELS[t]] = _stats(e)
