@@ -25,6 +25,7 @@ ST12           P4_32_12    4a (x, x, 0) x = 0.0849;                      a = 5.5
                96          8b (0.1752, 0.3792, 0.2742)                   c/a = 1.25999974633 [7]
 bct5           I4/mmm 139  4e (0, 0, z) z = 0.181                        a = 3.34916,
                                                                          c/a = 1.94217355994 [8]
+sh (Si-V)      P6/mmm 191  1a (0, 0, 0)                                  a = 2.547, c = 2.380 [9]
 =============  ==========  ============================================  ==========================
 
 Sources:
@@ -50,6 +51,10 @@ Sources:
    reference as [7]; its z1 = 0.819 in primitive-vector coordinates is the 4e site
    z = 1 - 0.819 used here), from L. L. Boyer et al., Phys. Rev. Lett. 67, 715 (1991).
    One bond of 2.355 and four of 2.533 Angstrom per atom.
+9. Simple hexagonal Si-V (metallic, stable at about 16-38 GPa): the lattice parameters
+   measured at 17.9 GPa (ruby scale) by S. Anzellini, M. T. Wharmby, F. Miozzi,
+   A. Kleppe, D. Daisenberger and H. Wilhelm, Sci. Rep. 9, 15537 (2019), Table 6. One atom
+   per cell; eight neighbours, two along c (2.380) and six in the plane (2.547 Angstrom).
 
 The positional parameters of BC8 and of the two clathrates are checked here only by
 geometry (``tests/test_periodic_e2e.py``): every atom is four-fold coordinated with bonds
@@ -62,8 +67,8 @@ with identical bond lengths, which was checked with ase.spacegroup. The numerica
 built on them.
 
 Left out (parameters not pinned down well enough from the literature at hand): R8 (R-3,
-Si-XII) and simple hexagonal Si-V (P6/mmm). The ST12 and bct5 values were read from the
-AFLOW prototype library's own parameter listing, not from the original papers.
+Si-XII). The ST12 and bct5 values were read from the AFLOW prototype library's own
+parameter listing, not from the original papers.
 
 Usage::
 
@@ -103,11 +108,12 @@ ALLOTROPES = {
                  cellpar=[5.51889, 5.51889, 5.51889 * 1.25999974633, 90, 90, 90]),
     "bct5": dict(basis=[(0.0, 0.0, 1 - 0.819)], spacegroup=139, setting=1,
                  cellpar=[3.34916, 3.34916, 3.34916 * 1.94217355994, 90, 90, 90]),
+    "sh": dict(basis=[(0.0, 0.0, 0.0)], spacegroup=191, setting=1, cellpar=[2.547, 2.547, 2.380, 90, 90, 120]),
 }
 
 #: Atoms per conventional cell, from the Wyckoff multiplicities (a check of the builder).
 CONVENTIONAL_ATOMS = {"diamond": 8, "lonsdaleite": 4, "beta_sn": 4, "bc8": 16, "si136": 136, "si46": 46,
-                      "st12": 12, "bct5": 4}
+                      "st12": 12, "bct5": 4, "sh": 1}
 
 #: Structures with four-fold (tetrahedral) coordination and bonds of 2.30-2.39 Angstrom
 #: (ST12 is four-fold coordinated too, with a wider bond spread).

@@ -59,7 +59,7 @@ def test_allotrope_builder_counts_and_bonds(tmp_path):
 
     mod = _allotropes()
     primitive = {"diamond": 2, "lonsdaleite": 4, "beta_sn": 2, "bc8": 8, "si136": 34, "si46": 46, "st12": 12,
-                 "bct5": 2}
+                 "bct5": 2, "sh": 1}
     for name in mod.ALLOTROPES:
         conv = mod.build(name, primitive=False)
         assert len(conv) == mod.CONVENTIONAL_ATOMS[name], name
@@ -78,6 +78,9 @@ def test_allotrope_builder_counts_and_bonds(tmp_path):
             assert (cn == 5).all()
             assert np.allclose(np.sort(d)[:len(prim)], 2 * z * c, atol=1e-6)
             assert np.allclose(np.sort(d)[len(prim):], np.hypot(a / np.sqrt(2), (0.5 - 2 * z) * c), atol=1e-6)
+        elif name == "sh":  # simple hexagonal: 2 neighbours at c, 6 at a
+            assert (cn == 8).all()
+            assert np.allclose(np.sort(d), [2.380] * 2 + [2.547] * 6, atol=1e-6)
         else:  # beta-Sn: 4 bonds of sqrt((a/2)^2 + (c/4)^2) and 2 of c
             assert (cn == 6).all()
             assert np.allclose(np.sort(d)[:4 * len(prim)], np.hypot(4.686 / 2, 2.585 / 4), atol=1e-6)
