@@ -71,7 +71,7 @@ def existing(indices, n):
 def enrichment(spec: str | None, seed: int, exclude) -> list[int]:
     """``X:K[,Y:L]``: K seeded random training-range QM9 molecules that contain element X.
 
-    A uniform sample of a few hundred QM9 molecules holds almost no fluorine (about 2 % of
+    A uniform sample of a few hundred QM9 molecules holds almost no fluorine (1.5 % of
     QM9 contains F), so a model trained on it refuses every held-out F molecule. These
     extra molecules come from the training range only and are added to the training set.
     """
