@@ -140,7 +140,10 @@ def export_largest(args, results, size, n_sample, n_test, reports):
             "reference": "PBE/def2-SVP, restricted Kohn-Sham, PySCF level-3 grid (densitylearn compute)",
             "auxiliary_basis": args.auxbasis,
             "training_data": (f"{run['n_train']} QM9 molecules (seeded sample {args.train}, seed {args.seed}, "
-                              f"first {n_sample}; validation split from the same sample; no index >= 120000)"),
+                              f"first {n_sample - results['enriched']}"
+                              + (f", plus {results['enriched']} seeded molecules from --enrich {args.enrich}"
+                                 if results["enriched"] else "")
+                              + "; validation split from the same sample; no index >= 120000)"),
             "elements": elements,
             "heldout": {"molecules": n_test,
                         "sample": (f"{args.test} (seed {args.seed + 1}), first {results['test_indices']}, "
@@ -198,10 +201,11 @@ def main():
     train_idx = existing(*sample(args.train, args.seed))
     test_idx = existing(*sample(args.test, args.seed + 1))
     train_idx, test_idx = train_idx[:args.max_train], test_idx[:args.max_test]
-    train_idx = train_idx + enrichment(args.enrich, args.seed, train_idx)
+    extra = enrichment(args.enrich, args.seed, train_idx)
+    train_idx = train_idx + extra
     assert max(train_idx) < QM9_HELDOUT_START <= min(test_idx), "training sample reaches the held-out range"
     sizes = sorted(int(s) for s in args.sizes.split(","))
-    results = {"train_indices": len(train_idx), "test_indices": len(test_idx), "runs": []}
+    results = {"train_indices": len(train_idx), "enriched": len(extra), "test_indices": len(test_idx), "runs": []}
 
     chks = {}
     for name, idx in (("train", train_idx), ("test", test_idx)):
