@@ -37,10 +37,15 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
+def label(model: str) -> str:
+    """A model's name in file names and tables: the built-in name, or a file's stem."""
+    return os.path.basename(model).removesuffix(".pt")
+
+
 def shard_rows(folder: str, model: str) -> dict:
     """name -> row, merged over every shard file of ``model`` (a torn last line is skipped)."""
     rows = {}
-    for path in sorted(glob.glob(os.path.join(folder, f"{model}.*.jsonl"))):
+    for path in sorted(glob.glob(os.path.join(folder, f"{label(model)}.*.jsonl"))):
         with open(path) as fh:
             for line in fh:
                 try:
@@ -75,7 +80,7 @@ def score(args, sample, models) -> None:
     for c0 in range(0, len(todo), args.chunk):
         chunk = todo[c0:c0 + args.chunk]
         for m in models:
-            out = os.path.join(folder, f"{os.path.basename(m).removesuffix('.pt')}.{i_shard}of{n_shard}.jsonl")
+            out = os.path.join(folder, f"{label(m)}.{i_shard}of{n_shard}.jsonl")
             with open(out, "a") as fh:
                 skipped = [(n, z) for n, _, z in chunk if not z <= allowed[m] and n not in done[m]]
                 for n, z in skipped:
@@ -112,7 +117,7 @@ def report(args, sample, models) -> dict:
     pending = len(names) - len(scored) - len(skipped)
     out = {"sample": args.test, "molecules": len(names), "scored": len(scored), "skipped_elements": len(skipped),
            "pending": pending, "models": {}}
-    labels = [os.path.basename(m).removesuffix(".pt") for m in models]
+    labels = [label(m) for m in models]
     for m, lab in zip(models, labels):
         e = np.array([rows[m][n]["eps_mae"] for n in scored])
         acc = {}

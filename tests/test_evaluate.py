@@ -121,7 +121,7 @@ def test_heldout_scores_merge_shards_exactly(tmp_path, capsys):
     (folder / "dcd.0of1.jsonl").write_text(row("qm9_000001", 1.0, 0.1, 2.0) + "\n" + row("qm9_000002", 5.0, 0.1, 4.0)
                                            + "\n" + json.dumps({"name": "qm9_000003", "skipped": "elements F"}) + "\n")
     args = argparse.Namespace(work=str(tmp_path), test="spec")
-    out = mod.report(args, [1, 2, 3, 4], ["tcd", "dcd"])
+    out = mod.report(args, [1, 2, 3, 4], ["tcd", str(tmp_path / "dcd.pt")])  # a name and a model file
     assert (out["scored"], out["skipped_elements"], out["pending"]) == (2, 1, 1)
     assert out["models"]["tcd"]["mean"] == pytest.approx(3.0)
     assert out["models"]["tcd"]["per_element"]["H"] == pytest.approx(100 * 0.8 / 6.0)  # not mean(10, 15)
