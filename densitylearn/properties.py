@@ -225,15 +225,21 @@ class _InputDensity:
         onto the auxiliary basis (Coulomb metric), which replaces a four-centre J build by
         three-centre integrals (for SCF guesses, where speed matters more than the last
         micro-hartree); its self-repulsion is then the robust-fit value (b . c_dm)."""
+        from pyscf import lib
+        from pyscf.df import incore
         from pyscf.scf import hf
 
-        from .fitting import MetricSolver, coulomb_matrix, project_density_matrices
+        from .fitting import MetricSolver, coulomb_matrix
 
         if fit_dm and self.c is not None and self.dm is not None:
-            b = project_density_matrices(self.mol, self.auxmol, self.dm)[0]
+            # one pass of three-centre integrals serves the projection b_P = (P|dm) and the
+            # potential J_mn = sum_P (mn|P) (c + c_dm)_P (s2ij packing: off-diagonal dm doubled)
+            ints = incore.aux_e2(self.mol, self.auxmol, intor="int3c2e", aosym="s2ij")
+            dm = self.dm
+            b = lib.pack_tril(dm + dm.T - np.diag(np.diag(dm))) @ ints
             j2 = self.auxmol.intor("int2c2e")
             c_dm = MetricSolver(j2).solve(b)
-            j = coulomb_matrix(self.mol, self.auxmol, self.c + c_dm)
+            j = lib.unpack_tril(ints @ (self.c + c_dm))
             return j, 0.5 * float(self.c @ j2 @ self.c + 2.0 * self.c @ b + c_dm @ b)
         j = np.zeros((self.mol.nao, self.mol.nao))
         rr = 0.0
