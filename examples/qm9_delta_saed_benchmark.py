@@ -99,6 +99,18 @@ def enrichment(spec: str | None, seed: int, exclude) -> list[int]:
     return out
 
 
+def enrich_spec(spec: str) -> str:
+    """argparse type of ``--enrich``: ``X:K[,Y:L]`` with QM9 elements and counts >= 1."""
+    import argparse
+
+    for part in spec.split(","):
+        element, _, count = part.partition(":")
+        if element not in ("H", "C", "N", "O", "F") or not count.isdigit() or int(count) < 1:
+            raise argparse.ArgumentTypeError(f"{part!r}: expected ELEMENT:COUNT with a QM9 element "
+                                             "(H C N O F) and a count >= 1, e.g. F:30")
+    return spec
+
+
 def _train_job(job):
     """One training run in a worker process with its own thread budget."""
     import torch
@@ -184,7 +196,7 @@ def main():
                    help="JSON with further TrainConfig fields (e.g. val_structures, lr); the same for TCD and DCD")
     p.add_argument("--max-train", type=int, default=None, help="use the first K molecules of the training sample")
     p.add_argument("--max-test", type=int, default=None, help="use the first M molecules of the held-out sample")
-    p.add_argument("--enrich", default=None,
+    p.add_argument("--enrich", default=None, type=enrich_spec,
                    help="X:K adds K seeded training-range molecules containing element X (e.g. F:30)")
     p.add_argument("--parallel", action="store_true", help="train TCD and DCD at once, one process each")
     p.add_argument("--export", default=None, help="write slim qm9-tcd.pt / qm9-dcd.pt of the largest size here")

@@ -56,6 +56,14 @@ def shard_rows(folder: str, model: str) -> dict:
     return rows
 
 
+def shard_spec(spec: str) -> str:
+    """argparse type of ``--shard``: ``i/n`` with 0 <= i < n."""
+    i, _, n = spec.partition("/")
+    if not (i.isdigit() and n.isdigit() and int(i) < int(n)):
+        raise argparse.ArgumentTypeError(f"{spec!r}: expected i/n with 0 <= i < n, e.g. 0/2")
+    return spec
+
+
 def score(args, sample, models) -> None:
     from ase.data import atomic_numbers
 
@@ -168,20 +176,26 @@ def main():
     p.add_argument("--test", default="120000-133885:500")
     p.add_argument("--seed", type=int, default=0, help="the benchmark's seed (the test sample uses seed + 1)")
     p.add_argument("--max-test", type=int, default=None)
-    p.add_argument("--shard", default="0/1", help="i/n: score molecules k with k %% n == i")
+    p.add_argument("--shard", default="0/1", type=shard_spec, help="i/n: score molecules k with k %% n == i")
     p.add_argument("--chunk", type=int, default=8, help="molecules per prediction file")
     p.add_argument("--report", action="store_true", help="merge the shards and print the table (no scoring)")
     args = p.parse_args()
     from qm9_delta_saed_benchmark import existing, sample as draw
 
+    from densitylearn.errors import DensityLearnError
+
     test = existing(*draw(args.test, args.seed + 1))[:args.max_test]
     models = args.models.split(",")
-    if args.report:
-        out = report(args, test, models)
-        with open(os.path.join(args.work, "heldout_scores", "report.json"), "w") as fh:
-            json.dump(out, fh, indent=1)
-    else:
-        score(args, test, models)
+    try:
+        if args.report:
+            out = report(args, test, models)
+            os.makedirs(os.path.join(args.work, "heldout_scores"), exist_ok=True)
+            with open(os.path.join(args.work, "heldout_scores", "report.json"), "w") as fh:
+                json.dump(out, fh, indent=1)
+        else:
+            score(args, test, models)
+    except DensityLearnError as exc:  # an unknown model name, an unreadable chkfile: one line
+        sys.exit(f"qm9_heldout_scores: {exc}")
 
 
 if __name__ == "__main__":
