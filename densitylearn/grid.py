@@ -223,7 +223,10 @@ def _as_tensor(x, dtype, device):
     torch = _torch()
     if isinstance(x, torch.Tensor):
         return x.to(dtype=dtype, device=device)
-    return torch.as_tensor(np.asarray(x), dtype=dtype, device=device)
+    a = np.asarray(x)
+    if not a.flags.writeable:  # cached, frozen arrays: a tensor must not alias them
+        a = a.copy()
+    return torch.as_tensor(a, dtype=dtype, device=device)
 
 
 def _numbers_np(numbers) -> np.ndarray:

@@ -363,3 +363,17 @@ def _fused_saed_vs_torch(saed, dtype, device):
     ref = torch.cat([saed.evaluate_torch(z1, p1, torch.tensor(q1, dtype=dtype, device=device)),
                      saed.evaluate_torch(z2, p2, torch.tensor(q2, dtype=dtype, device=device))])
     return got, ref
+
+
+def test_read_only_arrays_are_copied_not_aliased():
+    # cached arrays are frozen (writeable=False); a tensor made from one must not share it
+    from densitylearn.grid import _as_tensor
+
+    frozen = np.arange(6.0)
+    frozen.flags.writeable = False
+    t = _as_tensor(frozen, torch.float64, torch.device("cpu"))
+    t += 1.0
+    assert frozen[0] == 0.0 and float(t[0]) == 1.0
+    writable = np.arange(6.0)  # writable arrays are still shared, not copied
+    _as_tensor(writable, torch.float64, torch.device("cpu")).add_(1.0)
+    assert writable[0] == 1.0
