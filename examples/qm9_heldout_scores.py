@@ -179,6 +179,7 @@ def main():
     p.add_argument("--shard", default="0/1", type=shard_spec, help="i/n: score molecules k with k %% n == i")
     p.add_argument("--chunk", type=int, default=8, help="molecules per prediction file")
     p.add_argument("--report", action="store_true", help="merge the shards and print the table (no scoring)")
+    p.add_argument("--json", default=None, help="where --report writes its JSON (WORK/heldout_scores/report.json)")
     args = p.parse_args()
     from qm9_delta_saed_benchmark import existing, sample as draw
 
@@ -189,9 +190,11 @@ def main():
     try:
         if args.report:
             out = report(args, test, models)
-            os.makedirs(os.path.join(args.work, "heldout_scores"), exist_ok=True)
-            with open(os.path.join(args.work, "heldout_scores", "report.json"), "w") as fh:
+            path = args.json or os.path.join(args.work, "heldout_scores", "report.json")
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            with open(path + ".tmp", "w") as fh:  # atomic: an earlier report survives a crash
                 json.dump(out, fh, indent=1)
+            os.replace(path + ".tmp", path)
         else:
             score(args, test, models)
     except DensityLearnError as exc:  # an unknown model name, an unreadable chkfile: one line
