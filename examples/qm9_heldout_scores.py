@@ -152,7 +152,8 @@ def report(args, sample, models) -> dict:
                         "TCD": float(np.mean([floors[n][0] for n in with_floor])),
                         "DCD": float(np.mean([floors[n][1] for n in with_floor]))}
     print(f"held-out sample {args.test}: {len(names)} molecules; {len(scored)} scored by every model, "
-          f"{len(skipped)} skipped (elements outside a model), {pending} pending (no reference yet)")
+          f"{len(skipped)} skipped (elements outside a model), "
+          f"{pending} pending (no reference or not scored yet)")
     print("| model | mean eps_mae % | median % | " + " | ".join(
         sorted({el for lab in labels for el in out["models"][lab]["per_element"]})) + " |")
     els = sorted({el for lab in labels for el in out["models"][lab]["per_element"]})
