@@ -63,6 +63,13 @@ def shard_spec(spec: str) -> str:
     return spec
 
 
+def positive(text: str) -> int:
+    """argparse type of ``--threads``: an integer >= 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected an integer >= 1")
+    return int(text)
+
+
 def score(args, sample, models) -> None:
     from ase.data import atomic_numbers
 
@@ -180,8 +187,9 @@ def main():
     p.add_argument("--max-test", type=int, default=None)
     p.add_argument("--shard", default="0/1", type=shard_spec, help="i/n: score molecules k with k %% n == i")
     p.add_argument("--chunk", type=int, default=8, help="molecules per prediction file")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch threads of this process (default: CPU cores / n of --shard i/n, at least 1)")
+    p.add_argument("--threads", type=positive, default=None,
+                   help="OpenMP/BLAS/torch threads of this process (default: CPU cores / n of --shard i/n, "
+                        "at least 1; an OMP_NUM_THREADS already set is kept)")
     p.add_argument("--report", action="store_true", help="merge the shards and print the table (no scoring)")
     p.add_argument("--json", default=None, help="where --report writes its JSON (WORK/heldout_scores/report.json)")
     args = p.parse_args()
@@ -189,7 +197,10 @@ def main():
     # (OpenMP workers spinning against each other). Set before numpy and torch load.
     threads = args.threads or max(1, (os.cpu_count() or 1) // int(args.shard.split("/")[1]))
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(var, str(threads))
+        if args.threads:  # asked for: overrides the environment
+            os.environ[var] = str(threads)
+        else:
+            os.environ.setdefault(var, str(threads))
     from qm9_delta_saed_benchmark import existing, sample as draw
 
     from densitylearn.errors import DensityLearnError
