@@ -224,8 +224,9 @@ def _as_tensor(x, dtype, device):
     if isinstance(x, torch.Tensor):
         return x.to(dtype=dtype, device=device)
     a = np.asarray(x)
-    if not a.flags.writeable:  # cached, frozen arrays: a tensor must not alias them
-        a = a.copy()
+    on_cpu = device is None or torch.device(device).type == "cpu"
+    if not a.flags.writeable and on_cpu:  # frozen (cached) arrays: a CPU tensor would alias
+        a = a.copy()  # them; a transfer to the GPU copies anyway
     return torch.as_tensor(a, dtype=dtype, device=device)
 
 
