@@ -75,6 +75,10 @@ class TrainConfig:
     #: epochs and elapsed time is further along, and training ends when either runs out, so
     #: a run with a hard time limit still anneals its learning rate.
     max_minutes: float | None = None
+    #: fine-tuning: a checkpoint or built-in model name whose architecture, normalisation and
+    #: (EMA) weights start the run instead of a fresh initialisation; optimiser, schedule and
+    #: EMA start anew. Target, auxiliary basis, SAED and reference settings must match the data.
+    init_from: str | None = None
     model: dict = field(default_factory=dict)  #: ModelConfig fields
 
     def __post_init__(self):
@@ -557,6 +561,10 @@ def train(data_path: str, out_dir: str, config: TrainConfig = TrainConfig(), pro
     elements = sorted(set(ds.elements))
     if resume is not None:
         model = DensityModel.from_description(resume["model"])
+    elif config.init_from:
+        model = _warm_start_model(config, ds, mcfg)
+        if rank == 0 and progress:
+            log(f"starting from the weights of {config.init_from}")
     else:
         model = DensityModel(mcfg, ds.basis, config.target, elements=elements)
         if rank == 0 and progress:
@@ -683,6 +691,36 @@ def train(data_path: str, out_dir: str, config: TrainConfig = TrainConfig(), pro
     summary.update({"epochs": epoch, "steps": step, "best_val_eps_mae": best,
                     "time_spent_s": spent()})
     return summary
+
+
+def _warm_start_model(config: TrainConfig, ds, mcfg):
+    """The model of ``config.init_from`` (EMA weights, train mode), checked against the run."""
+    from .predict import resolve_model
+
+    path = resolve_model(config.init_from)
+    ck = load_checkpoint(path)
+    model = model_from_checkpoint(ck).train()
+    if model.target != config.target:
+        raise MismatchError(f"{path}: a {model.target!r} model cannot start a {config.target!r} run")
+    if model.basis.hash != ds.basis.hash:
+        raise MismatchError(f"{path}: auxiliary basis {model.basis.name} differs from the one of {ds.path}")
+    missing = sorted(set(int(z) for z in ds.elements) - set(model.elements))
+    if missing:
+        raise MismatchError(f"{path}: model has no weights for elements {missing} of {ds.path}")
+    if config.model and mcfg != model.config:
+        raise MismatchError(f"{path}: its architecture differs from the config's model settings "
+                            "(leave model settings out to take the checkpoint's)")
+    stored = ck.get("dataset") or {}
+    for key in ("xc", "orbital_basis", "pseudo"):
+        mine = str(ds.attrs.get(key, "") or "")
+        theirs = str(stored.get(key, "") or "")
+        if mine.lower() != theirs.lower():
+            raise MismatchError(f"{path}: trained on {key} {theirs!r}, {ds.path} has {mine!r}")
+    if config.target == "difference":
+        theirs = json.loads(ck["saed"]) if ck.get("saed") else None
+        if theirs != json.loads(json.dumps(ds.saed_definition)):
+            raise MismatchError(f"{path}: its SAED differs from the one of {ds.path}")
+    return model
 
 
 def _checkpoint_payload(model, ema, opt, sched, config, ds, epoch, step, best, bad, train_idx, val_idx) -> dict:

@@ -6,7 +6,8 @@ Usage::
     python examples/qm9_delta_saed_benchmark.py --work qm9bench \\
         --train 1-119999:2000 --test 120000-133885:500 --sizes 100,1000,2000 \\
         [--epochs 200] [--device cuda] [--workers 4] [--auxbasis dl-dcd] \\
-        [--max-train K] [--max-test M] [--enrich F:30] [--export models/] [--config train.json] [--parallel]
+        [--max-train K] [--max-test M] [--enrich F:30] [--export models/] [--config train.json] [--parallel] \\
+        [--init-from DIR]
 
 ``--max-train``/``--max-test`` keep the first K/M molecules of the seeded samples (same
 molecules as a longer run with the same ``--train``/``--test``, so a run can grow).
@@ -14,7 +15,9 @@ molecules as a longer run with the same ``--train``/``--test``, so a run can gro
 of a few hundred holds almost none, and a model refuses elements it never saw).
 ``--export DIR`` writes the TCD and DCD models of the largest size as slim model files
 (``qm9-tcd.pt``, ``qm9-dcd.pt``) with a model card holding the held-out results; these are
-the files shipped in ``densitylearn/pretrained``.
+the files shipped in ``densitylearn/pretrained``. ``--init-from DIR`` fine-tunes: each run
+starts from the weights of ``DIR/qm9-tcd.pt`` or ``DIR/qm9-dcd.pt`` (e.g. the shipped pair,
+when more data has been computed) instead of a fresh initialisation.
 
 Steps (every one resumable: rerun the same command after an interruption):
 
@@ -131,6 +134,24 @@ def n_train(n: int, size: int, seed: int) -> int:
     return min(size, len(train_idx))
 
 
+def _init_file(args, target: str) -> str | None:
+    lab = {"total": "tcd", "difference": "dcd"}[target]
+    return os.path.join(args.init_from, f"qm9-{lab}.pt") if args.init_from else None
+
+
+def _init_note(args, lab: str) -> str:
+    """Provenance of a fine-tuned model: the starting model and what it was trained on."""
+    if not args.init_from:
+        return ""
+    from densitylearn.train import load_checkpoint
+
+    path = _init_file(args, "total" if lab == "TCD" else "difference")
+    card = json.loads(load_checkpoint(path).get("card") or "{}")
+    before = card.get("training_data", "")
+    return (f"; fine-tuned from the weights of {os.path.basename(path)}"
+            + (f", itself trained on {before}" if before else ""))
+
+
 def export_largest(args, results, size, n_sample, n_test, reports):
     """Slim qm9-tcd.pt / qm9-dcd.pt of the largest run, with the held-out results as card."""
     from densitylearn.evaluate import write_plots
@@ -155,7 +176,8 @@ def export_largest(args, results, size, n_sample, n_test, reports):
                               f"first {n_sample - results['enriched']}"
                               + (f", plus {results['enriched']} seeded molecules from --enrich {args.enrich}"
                                  if results["enriched"] else "")
-                              + "; validation split from the same sample; no index >= 120000)"),
+                              + "; validation split from the same sample; no index >= 120000)"
+                              + _init_note(args, lab)),
             "elements": elements,
             "heldout": {"molecules": n_test,
                         "sample": (f"{args.test} (seed {args.seed + 1}), first {results['test_indices']}, "
@@ -199,6 +221,8 @@ def main():
     p.add_argument("--enrich", default=None, type=enrich_spec,
                    help="X:K adds K seeded training-range molecules containing element X (e.g. F:30)")
     p.add_argument("--parallel", action="store_true", help="train TCD and DCD at once, one process each")
+    p.add_argument("--init-from", default=None, metavar="DIR",
+                   help="fine-tune: start from DIR/qm9-tcd.pt and DIR/qm9-dcd.pt instead of fresh weights")
     p.add_argument("--export", default=None, help="write slim qm9-tcd.pt / qm9-dcd.pt of the largest size here")
     args = p.parse_args()
 
@@ -254,7 +278,8 @@ def main():
         jobs = [(target, os.path.join(args.work, f"run_{target}_{size}_of_{len(train_idx)}"),
                  TrainConfig.from_dict(dict(train_cfg, target=target, max_epochs=args.epochs,
                                             batch_size=args.batch_size, device=args.device, seed=args.seed,
-                                            max_train_structures=size, model=model_cfg)))
+                                            max_train_structures=size, model=model_cfg,
+                                            init_from=_init_file(args, target))))
                 for target in ("total", "difference")]
         if args.parallel:  # TCD and DCD side by side, one process each (CPU machines)
             from concurrent.futures import ProcessPoolExecutor

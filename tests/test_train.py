@@ -109,6 +109,36 @@ def test_total_target_and_bad_inputs(fit_dataset, tmp_path, capsys):
         split_indices(1, 0.1, 0)
 
 
+def test_fine_tuning_starts_from_the_given_weights(fit_dataset, tmp_path, capsys):
+    base = tmp_path / "base"
+    train(fit_dataset, str(base), TrainConfig.from_dict(dict(CFG, max_epochs=2)), progress=False)
+    start = load_checkpoint(str(base / "best.pt"))["ema_state_dict"]
+    # a learning rate of 1e-30 leaves the weights where the run started: the checkpoint's
+    # EMA weights (normalisation buffers included) with init_from, a fresh draw without
+    tiny = dict(CFG, max_epochs=1, lr=1e-30)
+    train(fit_dataset, str(tmp_path / "tuned"), TrainConfig.from_dict(dict(tiny, init_from=str(base / "best.pt"))),
+          progress=False)
+    train(fit_dataset, str(tmp_path / "fresh"), TrainConfig.from_dict(dict(tiny, seed=1)), progress=False)
+    tuned = load_checkpoint(str(tmp_path / "tuned" / "last.pt"))["state_dict"]
+    fresh = load_checkpoint(str(tmp_path / "fresh" / "last.pt"))["state_dict"]
+    assert set(tuned) == set(start)
+    for k, v in start.items():
+        torch.testing.assert_close(tuned[k], v, rtol=0, atol=1e-6)
+    assert any(not torch.allclose(fresh[k], v, atol=1e-3) for k, v in start.items() if v.is_floating_point())
+    # a checkpoint that cannot start this run: other target, other architecture, no file
+    with pytest.raises(MismatchError, match="cannot start a 'total' run"):
+        train(fit_dataset, str(tmp_path / "t"), TrainConfig.from_dict(
+            dict(tiny, target="total", init_from=str(base / "best.pt"))), progress=False)
+    other = dict(TINY_MODEL, embedding_dim=16)
+    with pytest.raises(MismatchError, match="architecture differs"):
+        train(fit_dataset, str(tmp_path / "a"), TrainConfig.from_dict(
+            dict(tiny, model=other, init_from=str(base / "best.pt"))), progress=False)
+    assert cli.main(["train", fit_dataset, "--out", str(tmp_path / "m"), "--epochs", "1",
+                     "--init-from", str(tmp_path / "missing.pt")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "missing.pt" in err[0]
+
+
 def _ddp_worker(rank, world, data, out, port):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))

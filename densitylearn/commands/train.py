@@ -26,6 +26,8 @@ def add_arguments(p):
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--backend", choices=("e3nn", "cueq"), default=None,
                    help="tensor-product library (default e3nn; cueq = NVIDIA cuEquivariance, same results)")
+    p.add_argument("--init-from", default=None, dest="init_from", metavar="MODEL",
+                   help="fine-tune: start from this checkpoint or built-in model (same target, basis, SAED)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -33,7 +35,7 @@ def run(args):
     from ..train import TrainConfig, train
 
     overrides = {k: getattr(args, k) for k in ("target", "max_epochs", "max_minutes", "batch_size", "lr",
-                                                 "loss", "device", "seed", "backend")}
+                                                 "loss", "device", "seed", "backend", "init_from")}
     if args.config:
         config = TrainConfig.from_file(args.config, **overrides)
     else:
