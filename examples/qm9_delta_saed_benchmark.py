@@ -225,6 +225,10 @@ def main():
                    help="fine-tune: start from DIR/qm9-tcd.pt and DIR/qm9-dcd.pt instead of fresh weights")
     p.add_argument("--export", default=None, help="write slim qm9-tcd.pt / qm9-dcd.pt of the largest size here")
     args = p.parse_args()
+    if args.init_from:
+        missing = [f for f in ("qm9-tcd.pt", "qm9-dcd.pt") if not os.path.isfile(os.path.join(args.init_from, f))]
+        if missing:
+            p.error(f"--init-from {args.init_from}: no {' or '.join(missing)} there")
 
     from densitylearn.evaluate import evaluate_file
     from densitylearn.predict import predict_files
