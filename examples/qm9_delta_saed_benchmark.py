@@ -139,13 +139,13 @@ def _init_file(args, target: str) -> str | None:
     return os.path.join(args.init_from, f"qm9-{lab}.pt") if args.init_from else None
 
 
-def _init_note(args, lab: str) -> str:
+def _init_note(args, target: str) -> str:
     """Provenance of a fine-tuned model: the starting model and what it was trained on."""
     if not args.init_from:
         return ""
     from densitylearn.train import load_checkpoint
 
-    path = _init_file(args, "total" if lab == "TCD" else "difference")
+    path = _init_file(args, target)
     card = json.loads(load_checkpoint(path).get("card") or "{}")
     before = card.get("training_data", "")
     return (f"; fine-tuned from the weights of {os.path.basename(path)}"
@@ -177,7 +177,7 @@ def export_largest(args, results, size, n_sample, n_test, reports):
                               + (f", plus {results['enriched']} seeded molecules from --enrich {args.enrich}"
                                  if results["enriched"] else "")
                               + "; validation split from the same sample; no index >= 120000)"
-                              + _init_note(args, lab)),
+                              + _init_note(args, target)),
             "elements": elements,
             "heldout": {"molecules": n_test,
                         "sample": (f"{args.test} (seed {args.seed + 1}), first {results['test_indices']}, "
