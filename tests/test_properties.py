@@ -157,6 +157,57 @@ def test_fitted_dcd_guess_needs_fewer_iterations_than_minao(system, fits):
     assert ours.e_tot == pytest.approx(mf.e_tot, abs=1e-7)
 
 
+def test_guess_runs_diis_from_the_first_cycle_and_records_it(system, fits):
+    # our guess extrapolates from cycle 0 (GUESS_DIIS_START_CYCLE), PySCF's guesses keep
+    # PySCF's default unless asked; both land on the same SCF energy
+    from densitylearn.properties import GUESS_DIIS_START_CYCLE
+
+    name, mol, mf, dm_saed = system
+    basis, fit = fits["def2-universal-jfit"]
+    dm0 = guess_density_matrix(mol, fit.difference, basis, "difference", "pbe", dm_saed=dm_saed, grid_level=GRID)
+    ours, minao = compare_guesses(mol, "pbe", dm0, guesses=("minao",), grid_level=GRID)
+    assert GUESS_DIIS_START_CYCLE == 0
+    assert ours.diis_start_cycle == 0 and minao.diis_start_cycle == 1
+    assert ours.record()["diis_start_cycle"] == 0
+    late, minao0 = compare_guesses(mol, "pbe", dm0, guesses=("minao",), grid_level=GRID,
+                                   guess_diis_start_cycle=None, pyscf_diis_start_cycle=0)
+    assert late.diis_start_cycle == 1 and minao0.diis_start_cycle == 0
+    print(f"\n{name}: ours {ours.iterations} it (DIIS from cycle 0), {late.iterations} it (PySCF default); "
+          f"minao {minao.iterations} / {minao0.iterations} it")
+    for r in (ours, minao, late, minao0):
+        assert r.converged and r.e_tot == pytest.approx(mf.e_tot, abs=1e-7)
+    # from a close guess, starting DIIS at once never costs a cycle here (it saves one on
+    # QM9 molecules with model guesses: docs/properties.rst)
+    assert ours.iterations <= late.iterations
+    with pytest.raises(InputError, match="diis_start_cycle"):
+        run_scf_with_guess(mol, "pbe", dm0=dm0, grid_level=GRID, diis_start_cycle=-1)
+
+
+@pytest.mark.parametrize("xc", ["pbe", "lda,vwn"])
+def test_screened_aux_density_equals_unscreened(system, fits, xc):
+    # the grid loops evaluate each run of aux shells only within its cutoff radius
+    from pyscf.dft import gen_grid
+
+    from densitylearn.properties import _InputDensity
+
+    _, mol, _, _ = system
+    basis, fit = fits["etb:2.0"]
+    density = _InputDensity(mol, coefficients=fit.total, basis=basis)
+    grids = gen_grid.Grids(mol)
+    grids.level = GRID
+    grids.build()
+    ncomp = 4 if xc == "pbe" else 1
+    name = "GTOval_sph_deriv1" if ncomp == 4 else "GTOval_sph"
+    dense = np.asarray(density.auxmol.eval_gto(name, grids.coords)).reshape(ncomp, -1, density.auxmol.nao) @ density.c
+    screened = density.aux_on_points(grids.coords, ncomp, max_memory_mb=1.0)  # small blocks too
+    assert screened.shape == dense.shape
+    assert np.abs(screened - dense).max() < 1e-9
+    assert len(density._shell_chunks()) < density.auxmol.nbas  # shells really are grouped
+    # and the grid's electron count with the screened density is the analytic one
+    n_grid = float(grids.weights @ screened[0])
+    assert n_grid == pytest.approx(float(aux_moments(density.auxmol)[0] @ density.c), abs=2e-3)
+
+
 def test_density_fitted_saed_coulomb_is_close_to_exact(system, fits):
     # the guess's shortcut: the SAED's Coulomb potential fitted onto the auxiliary basis
     # instead of the four-centre build changes the Harris Fock matrix only slightly
@@ -340,6 +391,9 @@ def test_nscf_and_scf_commands(fitted_model, chks, tmp_path, capsys):
     rep = json.loads(out2.read_text())
     assert [r["guess"] for r in rep["structures"][0]["runs"]] == ["densitylearn", "minao"]
     assert rep["summary"]["reduction_vs_minao"] > 0  # a fitted DCD guess beats minao
+    assert rep["settings"]["guess_diis_start_cycle"] == 0 and rep["settings"]["pyscf_diis_start_cycle"] is None
+    with pytest.raises(InputError, match="--diis-start-cycle must be >= 0"):
+        _cli(scf, [*water, "--model", fitted_model, "--diis-start-cycle", "-1", "--device", "cpu"])
     print("\n" + capsys.readouterr().out)
 
 
