@@ -229,7 +229,7 @@ def _shell_radius(l: int, exponents, coefficients, threshold: float) -> float:
     ``log(y c_k n_prim / threshold) + l log r - a_k r^2 = 0`` beyond the maximum of
     ``r^l exp(-a r^2)`` (fixed-point iteration, converged to 1e-10 relative). Vectorised
     over primitives; equal to :func:`densitylearn.grid.shell_cutoff_radius` or slightly
-    larger (a test), about 100 times faster.
+    larger (a test), about 10 times faster.
     """
     a = np.asarray(exponents, dtype=np.float64)
     c = np.abs(np.asarray(coefficients, dtype=np.float64))
