@@ -221,38 +221,6 @@ AUX_SCREEN_THRESHOLD = 1e-13
 AUX_CHUNK_RATIO = 1.5
 
 
-def _shell_radius(l: int, exponents, coefficients, threshold: float) -> float:
-    """Radius (bohr) beyond which every function of a shell is below ``threshold``.
-
-    Bounds ``|chi_m(r)|`` by ``sqrt((2l+1)/4pi) r^l sum_k |c_k| exp(-a_k r^2)`` and each
-    term by ``threshold / n_prim``; the largest of the primitives' radii, each the root of
-    ``log(y c_k n_prim / threshold) + l log r - a_k r^2 = 0`` beyond the maximum of
-    ``r^l exp(-a r^2)`` (fixed-point iteration, converged to 1e-10 relative). Vectorised
-    over primitives; equal to :func:`densitylearn.grid.shell_cutoff_radius` or slightly
-    larger (a test), about 10 times faster.
-    """
-    a = np.asarray(exponents, dtype=np.float64)
-    c = np.abs(np.asarray(coefficients, dtype=np.float64))
-    keep = c > 0
-    if not keep.any():
-        return 0.0
-    a, c = a[keep], c[keep]
-    k = np.log(np.sqrt((2 * l + 1) / (4 * np.pi)) * c * len(c) / threshold)
-    r_peak = np.sqrt(l / (2 * a)) if l else np.zeros_like(a)
-    with np.errstate(divide="ignore"):
-        peak = k + (l * np.log(r_peak) if l else 0.0) - a * r_peak ** 2
-    r = np.sqrt(np.maximum(k, 1.0) / a) + r_peak
-    for _ in range(200):
-        r_new = np.sqrt(np.maximum(k + l * np.log(np.maximum(r, 1e-300)), 0.0) / a)
-        r_new = np.maximum(r_new, r_peak)
-        if np.all(np.abs(r_new - r) <= 1e-10 * np.maximum(r, 1.0)):
-            r = r_new
-            break
-        r = r_new
-    r = np.where(peak > 0, r, 0.0)
-    return float(r.max())
-
-
 class _InputDensity:
     """rho_in = sum_P c_P chi_P + density of ``dm_part`` (either may be absent)."""
 
@@ -329,14 +297,18 @@ class _InputDensity:
         """Per atom: runs of consecutive aux shells with their common cutoff radius (bohr).
 
         A shell's radius is where ``|c_P| |chi_P|`` of its largest coefficient falls below
-        :data:`AUX_SCREEN_THRESHOLD` (:func:`_shell_radius` with libcint's contraction
-        coefficients; shells with zero coefficients are dropped).
+        :data:`AUX_SCREEN_THRESHOLD` (:func:`densitylearn.grid.shell_cutoff_radius` with
+        libcint's contraction coefficients; shells with zero coefficients are dropped).
         Consecutive shells whose radii lie within a factor ``AUX_CHUNK_RATIO`` are
         evaluated together on the points inside the largest radius, so a QM9 molecule
         needs a few hundred ``eval_gto`` calls per block instead of one per shell.
         """
         if getattr(self, "_chunks", None) is not None:
             return self._chunks
+        from types import SimpleNamespace
+
+        from .grid import shell_cutoff_radius
+
         aux = self.auxmol
         ao_loc = aux.ao_loc_nr()
         per_atom = [[] for _ in range(aux.natm)]
@@ -345,8 +317,9 @@ class _InputDensity:
             cmax = float(np.abs(self.c[f0:f1]).max()) if f1 > f0 else 0.0
             if cmax == 0.0:
                 continue
-            r = _shell_radius(int(aux.bas_angular(ish)), aux.bas_exp(ish),
-                              np.abs(aux._libcint_ctr_coeff(ish)).max(axis=1), AUX_SCREEN_THRESHOLD / cmax)
+            shell = SimpleNamespace(l=int(aux.bas_angular(ish)), exponents=aux.bas_exp(ish),
+                                    coefficients=np.abs(aux._libcint_ctr_coeff(ish)).max(axis=1))
+            r = shell_cutoff_radius(shell, AUX_SCREEN_THRESHOLD / cmax)
             if r > 0.0:
                 per_atom[int(aux.bas_atom(ish))].append((ish, r))
         chunks = []

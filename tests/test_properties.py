@@ -183,24 +183,23 @@ def test_guess_runs_diis_from_the_first_cycle_and_records_it(system, fits):
         run_scf_with_guess(mol, "pbe", dm0=dm0, grid_level=GRID, diis_start_cycle=-1)
 
 
-def test_fast_shell_radius_bounds_the_grid_module_radius():
-    # the DFT-grid screening radius: equal to densitylearn.grid's for one primitive, never
-    # smaller for contracted shells (so nothing above the threshold is skipped)
-    from types import SimpleNamespace
+def test_closed_form_primitive_radius_matches_bisection():
+    # screening radii (densitylearn.grid.shell_cutoff_radius): one primitive by a closed
+    # form, equal to the bisection over the same bound; contracted shells keep bisection
+    import math
 
-    from densitylearn.grid import shell_cutoff_radius
-    from densitylearn.properties import _shell_radius
+    from densitylearn.grid import _bisection_radius, _primitive_radius
 
     rng = np.random.default_rng(0)
     for _ in range(200):
-        l, n = int(rng.integers(0, 5)), int(rng.integers(1, 4))
-        a, c, thr = 10 ** rng.uniform(-2, 3, n), 10 ** rng.uniform(-2, 3, n), 10 ** rng.uniform(-16, -6)
-        ref = shell_cutoff_radius(SimpleNamespace(l=l, exponents=a, coefficients=c), thr)
-        fast = _shell_radius(l, a, c, thr)
+        l = int(rng.integers(0, 5))
+        a, c, thr = 10 ** rng.uniform(-2, 3), 10 ** rng.uniform(-2, 3), 10 ** rng.uniform(-16, -6)
+        log_y = 0.5 * math.log((2 * l + 1) / (4 * math.pi))
+        ref = _bisection_radius(l, np.array([a]), np.array([c]), log_y, math.log(thr))
+        fast = _primitive_radius(l, a, log_y + math.log(c) - math.log(thr))
         assert fast >= ref - 1e-8 * max(ref, 1.0)
-        if n == 1:
-            assert fast == pytest.approx(ref, rel=1e-7, abs=1e-9)
-    assert _shell_radius(0, [1.0], [1e-20], 1e-13) == 0.0  # never above the threshold
+        assert fast == pytest.approx(ref, rel=1e-7, abs=1e-9)
+    assert _primitive_radius(0, 1.0, math.log(1e-20 / 1e-13)) == 0.0  # never above the threshold
 
 
 @pytest.mark.parametrize("xc", ["pbe", "lda,vwn"])

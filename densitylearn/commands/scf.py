@@ -37,10 +37,9 @@ def add_arguments(p):
 
 
 def run(args):
+    from ..errors import InputError
     from ..predict import load_model, read_inputs
     from ..properties import format_runs, resolve_settings, scf_predictions, write_json
-
-    from ..errors import InputError
 
     for flag, value in (("--diis-start-cycle", args.diis_start_cycle),
                         ("--pyscf-diis-start-cycle", args.pyscf_diis_start_cycle)):
