@@ -1024,7 +1024,8 @@ def nscf_periodic_entry(pred, xc: str, orbital_basis: str, pseudo: str | None = 
     reference's cell (orbital basis, pseudopotential, FFT mesh) and k-points, and the
     reference density matrices go through the same one diagonalisation (``reference``);
     otherwise the cell is built from ``orbital_basis``, ``pseudo`` (default: the SAED's),
-    ``ke_cutoff`` and the gamma-centred ``kmesh`` (default gamma). The Fermi-Dirac
+    ``ke_cutoff`` and the gamma-centred ``kmesh`` (default gamma; ``"length:L"`` allowed, see
+    :func:`densitylearn.reference.kmesh_for_structure`). The Fermi-Dirac
     ``smearing`` (hartree) defaults to the chkfile's (0 without one); another value than a
     chkfile's is a mismatch unless ``override``.
 
@@ -1043,7 +1044,7 @@ def nscf_periodic_entry(pred, xc: str, orbital_basis: str, pseudo: str | None = 
     import os
 
     from .errors import MismatchError
-    from .reference import _norm_basis, _norm_xc, load_reference, parse_kmesh
+    from .reference import _norm_basis, _norm_xc, kmesh_for_structure, load_reference
 
     s = pred.structure
     saed = pred.saed if pred.target == "difference" else None
@@ -1070,7 +1071,7 @@ def nscf_periodic_entry(pred, xc: str, orbital_basis: str, pseudo: str | None = 
         if pp is None and pred.saed is not None:
             pp = pred.saed.pseudo
         cell = s.to_pyscf_cell(basis=orbital_basis, pseudo=pp, ke_cutoff=ke_cutoff)
-        kpts = cell.make_kpts(list(parse_kmesh(kmesh if kmesh is not None else (1, 1, 1))))
+        kpts = cell.make_kpts(list(kmesh_for_structure(kmesh if kmesh is not None else (1, 1, 1), s)))
     if saed is not None and saed.pseudo and ref is not None and ref.pseudo \
             and _norm_basis(saed.pseudo) != _norm_basis(ref.pseudo):
         raise InputError(f"{s.source}: pseudopotential {ref.pseudo!r}, the model's SAED uses {saed.pseudo!r}")

@@ -70,15 +70,6 @@ def structure_sets(args) -> dict:
     return {"train": train, "interp": interp, "test": test}
 
 
-def kmesh_for(atoms, length: float) -> tuple[int, int, int]:
-    """Gamma-centred k-mesh with ``n_i = ceil(length / |a_i|)`` (Angstrom): about the same
-    k-point density for every cell, so that small and large cells of one phase have
-    equally converged densities (one fixed mesh for all would sample a 2-atom cell far
-    more coarsely than an 8-atom one and make the training targets inconsistent)."""
-    lengths = np.linalg.norm(np.asarray(atoms.cell), axis=1)
-    return tuple(int(max(1, np.ceil(length / x - 1e-9))) for x in lengths)
-
-
 def _train_job(job):
     import torch
 
@@ -134,14 +125,12 @@ def main(argv=None) -> int:
     chks, data = {}, {}
     for part in ("train", "interp", "test"):
         refs = os.path.join(args.work, f"refs_{part}")
-        groups = {}
-        for a in sets[part]:
-            km = (kmesh_for(a, float(args.kmesh.split(":")[1])) if args.kmesh.startswith("length:")
-                  else args.kmesh)
-            groups.setdefault(km, []).append(from_ase(a, name=a.info["name"]))
-        for km, structs in groups.items():
-            compute_references(structs, refs, basis=args.basis, kmesh=km, ke_cutoff=args.ke_cutoff,
-                               smearing=args.smearing, progress=False)
+        # "length:L" gives every cell its own mesh (densitylearn.reference.kmesh_for_structure):
+        # about the same k-point density for all, so that small and large cells of one phase
+        # have equally converged densities
+        compute_references([from_ase(a, name=a.info["name"]) for a in sets[part]], refs, basis=args.basis,
+                           kmesh=args.kmesh, ke_cutoff=args.ke_cutoff, smearing=args.smearing,
+                           progress=False)
         chks[part] = [os.path.join(refs, f"{a.info['name']}.chk") for a in sets[part]]
         missing = [c for c in chks[part] if not os.path.isfile(c)]
         if missing:

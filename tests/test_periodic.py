@@ -148,6 +148,57 @@ def test_compute_cell_matches_direct_pyscf_and_resumes(computed, si2, capsys):
     assert len(err) == 1 and "k-mesh" in err[0]
 
 
+def test_kpoint_symmetry_length_mesh_and_multigrid(tmp_path, capsys):
+    """``--kmesh length:L`` picks the mesh per cell; the SCF on the irreducible k-points
+    (default) writes a chkfile whose unfolded density matrices equal those of the SCF on the
+    whole mesh; multigrid J/XC stays within 1e-4 hartree; a rattled cell has no symmetry."""
+    from densitylearn.properties import nscf_periodic
+    from densitylearn.reference import kmesh_for_structure, load_reference, read_settings
+
+    poscar = str(tmp_path / "si2.vasp")
+    _si2().write(poscar, format="vasp")
+    base = ["--basis", "gth-szv", "--ke-cutoff", "20", "--smearing", "0.003", "--no-progress"]
+    # |a_i| = 5.43 / sqrt 2 = 3.84 Angstrom: ceil(7 / 3.84) = 2 per direction
+    assert kmesh_for_structure("length:7", from_ase(_si2())) == (2, 2, 2)
+    runs = {"sym": ["--kmesh", "length:7"], "full": ["--kmesh", "2,2,2", "--no-ksymmetry"],
+            "mg": ["--kmesh", "length:7", "--multigrid"]}
+    refs = {}
+    for tag, extra in runs.items():
+        out = str(tmp_path / tag)
+        assert cli.main(["compute", poscar, "--out", out, *base, *extra]) == 0
+        chk = os.path.join(out, "si2.chk")
+        refs[tag] = (load_reference(chk), read_settings(chk))
+    (sym, s_sym), (full, s_full), (mg, s_mg) = refs["sym"], refs["full"], refs["mg"]
+    assert json.loads(s_sym["kmesh"]) == [2, 2, 2]
+    # Oh and time reversal leave 3 of the 8 k-points (gamma, L-like, X-like)
+    assert (s_sym["nkpts_ibz"], s_full["nkpts_ibz"]) == (3, 8)
+    assert not s_sym["multigrid"] and s_mg["multigrid"]
+    assert sym.kpts.shape == full.kpts.shape == (8, 3) and np.abs(sym.kpts - full.kpts).max() < 1e-12
+    assert abs(sym.e_tot - full.e_tot) < 1e-7 and abs(sym.e_free - full.e_free) < 1e-7
+    assert np.abs(sym.dm - full.dm).max() < 1e-5
+    # the unfolded density matrices reproduce the whole-mesh SCF's free energy (Harris-Mermin
+    # is stationary there) through the same non-self-consistent path
+    e_sym = nscf_periodic(sym.mol, sym.kpts, dm=sym.dm, xc="pbe", smearing=0.003).energy
+    assert abs(e_sym - full.e_free) < 1e-7
+    assert 1e-9 < abs(mg.e_tot - full.e_tot) < 1e-4
+    # a rerun with the same per-cell mesh, given either way, is skipped
+    capsys.readouterr()
+    assert cli.main(["compute", poscar, "--out", str(tmp_path / "sym"), *base, "--kmesh", "2,2,2"]) == 0
+    assert "1 skipped" in capsys.readouterr().out
+    # a rattled cell has no point symmetry (and every k of a 2x2x2 mesh is its own time
+    # reversal partner): the plain whole-mesh SCF runs
+    xyz = str(tmp_path / "rattled.xyz")
+    _si2(rattle=0.05).write(xyz, format="extxyz")
+    assert cli.main(["compute", xyz, "--out", str(tmp_path / "r"), *base, "--kmesh", "length:7"]) == 0
+    assert read_settings(str(tmp_path / "r" / "rattled.chk"))["nkpts_ibz"] == 8
+    # a bad length is a one-line usage error before any SCF
+    capsys.readouterr()
+    assert cli.main(["compute", poscar, "--out", str(tmp_path / "bad"), *base, "--kmesh", "length:-3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "length" in err[0]
+    assert not (tmp_path / "bad").exists()
+
+
 # ----------------------------------------------------------------------------- 3. SAED
 def test_pseudo_atom_saed(saed_cache):
     from densitylearn.saed import SAED, _atom_mol, atomic_density_matrix, load_saed

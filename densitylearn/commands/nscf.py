@@ -40,8 +40,9 @@ def add_arguments(p):
                         "with the analytic forces of chkfile references")
     p.add_argument("--force-step", type=float, default=None, metavar="BOHR",
                    help="central-difference step in bohr (default: 2e-3)")
-    p.add_argument("--kmesh", default=None, metavar="N1,N2,N3",
-                   help="periodic structures without a chkfile: gamma-centred k-mesh (default: gamma point)")
+    p.add_argument("--kmesh", default=None, metavar="N1,N2,N3|length:L",
+                   help="periodic structures without a chkfile: gamma-centred k-mesh, or length:L for "
+                        "n_i = ceil(L / |a_i|) per cell, L in Angstrom (default: gamma point)")
     p.add_argument("--ke-cutoff", type=float, default=None, dest="ke_cutoff", metavar="HARTREE",
                    help="periodic structures without a chkfile: FFT-mesh cutoff (default: PySCF's)")
     p.add_argument("--pseudo", default=None,
@@ -63,9 +64,9 @@ def run(args):
     if args.pseudo is not None:
         predictor.check_pseudo(args.pseudo, "--pseudo")
     if args.kmesh is not None:
-        from ..reference import parse_kmesh
+        from ..reference import check_kmesh
 
-        parse_kmesh(args.kmesh)
+        check_kmesh(args.kmesh)
     if args.ke_cutoff is not None and not args.ke_cutoff > 0:
         from ..errors import InputError
 
