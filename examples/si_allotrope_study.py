@@ -56,8 +56,11 @@ def structure_sets(args) -> dict:
     train, interp, test = [], [], []
     for k, name in enumerate(args.train.split(",")):
         ideal = mod.build(name)
-        # variants of the conventional cell (more atoms per cell: more varied local geometries)
+        # variants of the conventional cell (more atoms per cell: more varied local geometries),
+        # repeated up to --min-variant-atoms (simple hexagonal has one atom per cell)
         base = mod.build(name, primitive=not args.conventional_variants)
+        if getattr(args, "min_variant_atoms", 0):
+            base = mod.supercell(base, args.min_variant_atoms)
         train += [ideal] + mod.variants(base, args.variants, args.rattle, args.strain, seed=args.seed + 1000 * k)
         # interpolation set: the same phase, other seeds, never trained on
         for a in mod.variants(base, args.interp_variants, args.rattle, args.strain, seed=args.seed + 1000 * k + 500):
@@ -68,6 +71,19 @@ def structure_sets(args) -> dict:
         test += [ideal] + mod.variants(ideal, args.test_variants, args.rattle, args.strain,
                                        seed=args.seed + 1000 * (k + 50))
     return {"train": train, "interp": interp, "test": test}
+
+
+def _amplitudes(text: str) -> tuple:
+    """``"0.05,0.1"`` -> (0.05, 0.1): positive rattle amplitudes, Angstrom."""
+    import argparse
+
+    try:
+        vals = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        vals = ()
+    if not vals or min(vals) < 0:
+        raise argparse.ArgumentTypeError(f"comma-separated non-negative amplitudes, got {text!r}")
+    return vals
 
 
 def _train_job(job):
@@ -89,7 +105,12 @@ def main(argv=None) -> int:
     p.add_argument("--interp-variants", type=int, default=1,
                    help="rattled/strained variants of the training allotropes kept out of training")
     p.add_argument("--test-variants", type=int, default=1, help="rattled/strained variants per held-out allotrope")
-    p.add_argument("--rattle", type=float, default=0.05, help="displacement standard deviation, Angstrom")
+    p.add_argument("--rattle", type=_amplitudes, default=(0.05,),
+                   help="displacement standard deviation, Angstrom; a comma list (0.05,0.1) is cycled "
+                        "over the variants")
+    p.add_argument("--min-variant-atoms", type=int, default=0,
+                   help="repeat the cell of the training and interpolation variants up to this many atoms")
+    p.add_argument("--workers", type=int, default=1, help="reference DFT processes")
     p.add_argument("--strain", type=float, default=0.03, help="largest strain component")
     p.add_argument("--conventional-variants", action="store_true",
                    help="build the training and interpolation variants from conventional cells")
@@ -130,7 +151,7 @@ def main(argv=None) -> int:
         # have equally converged densities
         compute_references([from_ase(a, name=a.info["name"]) for a in sets[part]], refs, basis=args.basis,
                            kmesh=args.kmesh, ke_cutoff=args.ke_cutoff, smearing=args.smearing,
-                           progress=False)
+                           workers=args.workers, progress=False)
         chks[part] = [os.path.join(refs, f"{a.info['name']}.chk") for a in sets[part]]
         missing = [c for c in chks[part] if not os.path.isfile(c)]
         if missing:

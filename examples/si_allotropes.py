@@ -141,10 +141,12 @@ def build_all(names=None, primitive: bool = True) -> dict:
     return {n: build(n, primitive) for n in (names or ALLOTROPES)}
 
 
-def variants(atoms, n: int, rattle: float = 0.03, strain: float = 0.02, seed: int = 0) -> list:
+def variants(atoms, n: int, rattle=0.03, strain: float = 0.02, seed: int = 0) -> list:
     """``n`` seeded variants of ``atoms``: each a random symmetric strain (components uniform
     in [-strain, strain]) of the cell with scaled positions kept, then Gaussian displacements
-    of standard deviation ``rattle`` Angstrom. Named ``<name>_v<i>``."""
+    of standard deviation ``rattle`` Angstrom (a sequence of amplitudes is cycled over the
+    variants: variant ``i`` gets ``rattle[i % len(rattle)]``). Named ``<name>_v<i>``."""
+    amplitudes = [float(rattle)] if np.isscalar(rattle) else [float(r) for r in rattle]
     rng = np.random.default_rng(seed)
     out = []
     for i in range(int(n)):
@@ -152,9 +154,22 @@ def variants(atoms, n: int, rattle: float = 0.03, strain: float = 0.02, seed: in
         e = rng.uniform(-strain, strain, size=(3, 3))
         e = 0.5 * (e + e.T)
         a.set_cell(a.cell[:] @ (np.eye(3) + e), scale_atoms=True)
-        a.positions += rng.normal(scale=rattle, size=a.positions.shape)
+        a.positions += rng.normal(scale=amplitudes[i % len(amplitudes)], size=a.positions.shape)
         a.info = {"name": f"{atoms.info.get('name', 'si')}_v{i}"}  # no longer the space group
         out.append(a)
+    return out
+
+
+def supercell(atoms, min_atoms: int):
+    """``atoms`` repeated along its lattice vectors until it holds at least ``min_atoms``
+    atoms; each step adds one repeat along the currently shortest repeated lattice vector
+    (sh, 1 atom, to 8: 1x1x2, 2x1x2, 2x2x2). Keeps ``info['name']``."""
+    reps = np.ones(3, dtype=int)
+    lengths = np.linalg.norm(atoms.cell[:], axis=1)
+    while len(atoms) * reps.prod() < int(min_atoms):
+        reps[np.argmin(lengths * reps)] += 1
+    out = atoms.repeat(tuple(int(r) for r in reps))
+    out.info = dict(atoms.info)
     return out
 
 

@@ -51,6 +51,17 @@ def test_allotrope_study_keeps_held_out_phases_out_of_training():
     assert len(sets["train"][1]) == 8 and len(sets["train"][0]) == 2  # conventional-cell variants
     # interpolation variants are new geometries of a training phase, not copies
     assert not np.allclose(sets["interp"][0].positions, sets["train"][1].positions)
+    # one-atom simple hexagonal repeated to 8 atoms (2x2x2), two rattle amplitudes cycled
+    args = argparse.Namespace(train="sh", test="bc8", variants=4, interp_variants=1, test_variants=0,
+                              rattle=(0.0, 0.1), strain=0.0, seed=0, conventional_variants=True,
+                              min_variant_atoms=8)
+    sets = mod.structure_sets(args)
+    ideal, *var = sets["train"]
+    assert len(ideal) == 1 and [len(a) for a in var] == [8] * 4
+    assert np.allclose(var[0].cell.lengths(), 2 * ideal.cell.lengths())
+    grid = mod._allotropes().supercell(ideal, 8)
+    shift = [np.abs(a.positions - grid.positions).max() for a in var]
+    assert shift[0] == shift[2] == 0.0 and shift[1] > 0.1 and shift[3] > 0.1
 
 
 
