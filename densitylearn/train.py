@@ -8,12 +8,16 @@ electrons and averaged over the batch. (``loss: mse`` gives plain coefficient MS
 comparison.) Validation measures eps_mae on a Becke grid against the exact reference
 densities of the chkfiles (a fixed validation subset), with the EMA weights.
 
-Periodic cells (datasets of ``fit-basis`` on pyscf.pbc chkfiles): a lattice-summed Coulomb
-metric (with the G = 0 problem of charged functions) is not implemented, so for cells the
-``coulomb`` and ``overlap`` losses both use the lattice-summed overlap metric by quadrature
-on the reference's FFT mesh, ``M = w B^T B`` with ``B_gP = sum_T chi_P(r_g - T)`` and the
-uniform weight w = V_cell / n_points: ``e @ M @ e`` is the squared L2 norm of the error
-density over one cell (the same mesh and norm as the fit). Validation evaluates cells on the
+Periodic cells (datasets of ``fit-basis`` on pyscf.pbc chkfiles): the metrics are lattice
+sums by quadrature on the reference's FFT mesh, with ``B_gP = sum_T chi_P(r_g - T)``
+(:func:`periodic_grid_metric`). ``overlap``: ``M = w B^T B`` with the uniform weight
+w = V_cell / n_points, so ``e @ M @ e`` is the squared L2 norm of the error density over one
+cell (the norm of the fit). ``coulomb``: the FFT of ``B`` weighted by ``4 pi / G^2`` with
+G = 0 left out, twice the Hartree energy of the error density per cell; predictions and fits
+both hold the electron count, so their error has no G = 0 part and nothing is lost.
+(Until this metric existed, ``coulomb`` fell back to the overlap metric for cells; runs
+trained that way, the allotrope studies in the docs among them, say which they used.)
+Validation evaluates cells on the
 same mesh with uniform weights and lattice sums
 (:func:`densitylearn.grid.evaluate_density_periodic`) against the reference's valence
 density. Molecules are unchanged.
@@ -167,7 +171,7 @@ class MetricCache:
         if key not in self._cache:
             if record is not None and np.asarray(record.get("pbc", False)).any():
                 self._cache[key] = periodic_grid_metric(self.basis, numbers, positions, record["cell"],
-                                                        reference_mesh(record))
+                                                        reference_mesh(record), metric=self.metric)
             else:
                 from .fitting import structure_metric
 
@@ -202,12 +206,24 @@ def reference_mesh(record: dict) -> np.ndarray:
     return cell_grid_shape(record["cell"], PERIODIC_FALLBACK_SPACING)
 
 
-def periodic_grid_metric(basis, numbers, positions, cell, mesh, block: int = 8192) -> np.ndarray:
-    """Lattice-summed overlap metric of a cell by quadrature on a uniform mesh.
+def periodic_grid_metric(basis, numbers, positions, cell, mesh, metric: str = "overlap",
+                         block: int = 8192) -> np.ndarray:
+    """Lattice-summed metric of a cell's auxiliary functions by quadrature on a uniform mesh.
 
-    ``M_PQ = (V/n) sum_g B_gP B_gQ`` with ``B_gP = sum_T chi_P(r_g - T)`` (PySCF's
-    ``pbc_eval_gto`` at the gamma point), points ``(i/n1, j/n2, k/n3) @ cell``; shape
-    (n_functions, n_functions), e^2/bohr^3 per coefficient^2. ``positions``, ``cell`` in bohr.
+    ``B_gP = sum_T chi_P(r_g - T)`` (PySCF's ``pbc_eval_gto`` at the gamma point) on the
+    points ``(i/n1, j/n2, k/n3) @ cell``, ``n`` points, cell volume ``V``.
+
+    * ``metric="overlap"``: ``M_PQ = (V/n) sum_g B_gP B_gQ``, so ``e @ M @ e`` is the squared
+      L2 norm of ``sum_P e_P B_P`` over one cell.
+    * ``metric="coulomb"``: ``M_PQ = (V/n^2) sum_{G != 0} (4 pi / |G|^2) Re[conj(B_P(G))
+      B_Q(G)]`` with ``B(G)`` the FFT of ``B`` on the mesh (PySCF's ``get_coulG``, G = 0
+      left out as in its FFTDF Coulomb), so ``e @ M @ e = int int rho_e rho_e' / |r - r'|``
+      per cell, twice the Hartree energy of the periodic density ``rho_e = sum_P e_P B_P``
+      with its mean removed. Exact for the errors of predictions and fits that hold the
+      electron count (no G = 0 component), which is what the loss sees.
+
+    Returns shape (n_functions, n_functions): e^2/bohr^3 (overlap) or hartree (coulomb) per
+    coefficient^2. ``positions``, ``cell`` in bohr.
     """
     import warnings
 
@@ -216,6 +232,8 @@ def periodic_grid_metric(basis, numbers, positions, cell, mesh, block: int = 819
 
     from .grid import cell_grid
 
+    if metric not in ("overlap", "coulomb"):
+        raise InputError(f"periodic metric must be 'overlap' or 'coulomb', got {metric!r}")
     aux = pbcgto.Cell()
     aux.atom = [(chemical_symbols[int(z)], tuple(p)) for z, p in
                 zip(np.asarray(numbers).reshape(-1), np.asarray(positions, dtype=np.float64))]
@@ -230,11 +248,30 @@ def periodic_grid_metric(basis, numbers, positions, cell, mesh, block: int = 819
         aux.build(dump_input=False, parse_arg=False)
     axes, pts = cell_grid(cell, mesh)
     w = abs(float(np.linalg.det(axes)))
-    m = np.zeros((aux.nao, aux.nao))
+    if metric == "overlap":
+        m = np.zeros((aux.nao, aux.nao))
+        for p0 in range(0, len(pts), block):
+            b = np.asarray(aux.pbc_eval_gto("GTOval_sph", pts[p0:p0 + block]))
+            m += b.T @ b
+        return m * w
+    from pyscf.pbc import tools
+
+    n1, n2, n3 = (int(x) for x in mesh)
+    b = np.empty((len(pts), aux.nao))
     for p0 in range(0, len(pts), block):
-        b = np.asarray(aux.pbc_eval_gto("GTOval_sph", pts[p0:p0 + block]))
-        m += b.T @ b
-    return m * w
+        b[p0:p0 + block] = aux.pbc_eval_gto("GTOval_sph", pts[p0:p0 + block])
+    # B real: the half spectrum of rfftn, each G of the other half is the conjugate of -G
+    bg = np.fft.rfftn(b.reshape(n1, n2, n3, aux.nao), axes=(0, 1, 2))
+    coulg = np.asarray(tools.get_coulG(aux, mesh=[n1, n2, n3])).reshape(n1, n2, n3)[:, :, :n3 // 2 + 1]
+    mult = np.full(n3 // 2 + 1, 2.0)
+    mult[0] = 1.0
+    if n3 % 2 == 0:
+        mult[-1] = 1.0
+    scale = np.sqrt(coulg * mult[None, None, :]).reshape(-1)
+    bg = bg.reshape(-1, aux.nao) * scale[:, None]
+    volume = abs(float(np.linalg.det(np.asarray(cell, dtype=np.float64))))
+    n = len(pts)
+    return (bg.conj().T @ bg).real * (volume / n ** 2)
 
 
 def density_loss(pred: torch.Tensor, target: torch.Tensor, offsets, metrics, n_electrons) -> torch.Tensor:

@@ -300,13 +300,44 @@ def test_saed_gradient_and_periodic_metric(cells, saed_cache):
     axes, grid = cell_grid(rec["cell"], mesh)
     rho = evaluate_density_periodic(ds.basis, rec["numbers"], rec["positions"], rec["cell"], e, grid).numpy()
     assert abs(e @ m @ e - (rho ** 2).sum() * abs(np.linalg.det(axes))) < 1e-9 * (e @ m @ e)
-    # the training loss of a cell uses it on the reference's FFT mesh, whatever the metric
+    # the training loss of a cell uses the metric on the reference's FFT mesh
     from densitylearn.train import MetricCache, reference_mesh
 
     assert reference_mesh(rec).tolist() == [17, 17, 17]
-    got = MetricCache(ds.basis, "coulomb").get(0, rec["numbers"], rec["positions"], rec)
-    assert np.allclose(got, periodic_grid_metric(ds.basis, rec["numbers"], rec["positions"], rec["cell"],
-                                                 (17, 17, 17)), rtol=1e-12, atol=1e-14)
+    for metric in ("overlap", "coulomb"):
+        got = MetricCache(ds.basis, metric).get(0, rec["numbers"], rec["positions"], rec)
+        assert np.allclose(got, periodic_grid_metric(ds.basis, rec["numbers"], rec["positions"], rec["cell"],
+                                                     (17, 17, 17), metric=metric), rtol=1e-12, atol=1e-14)
+
+
+def test_periodic_coulomb_metric_matches_analytic_fourier_transforms(cells):
+    """The Coulomb metric by FFT of the lattice-summed functions on the mesh equals the one
+    from PySCF's analytic Fourier transforms of the Gaussians (``ft_ao``) on the same G
+    vectors, once the mesh resolves the functions (a smooth even-tempered basis here)."""
+    from pyscf.pbc import gto as pbcgto
+    from pyscf.pbc import tools
+    from pyscf.pbc.df import ft_ao
+
+    from densitylearn.basis import AuxBasis
+    from densitylearn.data import CoefficientDataset
+    from densitylearn.train import periodic_grid_metric
+
+    rec = CoefficientDataset(cells["h5"])[0]
+    basis = AuxBasis.load("etb:2.0", [14], orbital_basis="gth-szv")
+    mesh = (24, 25, 26)  # odd and even sizes: the half spectrum's doubled planes
+    m = periodic_grid_metric(basis, rec["numbers"], rec["positions"], rec["cell"], mesh, metric="coulomb")
+    aux = pbcgto.M(atom=[("Si", p) for p in rec["positions"]], a=rec["cell"], unit="Bohr",
+                   basis=basis.to_pyscf_basis(), mesh=list(mesh), spin=None, verbose=0)
+    ft = ft_ao.ft_ao(aux, aux.get_Gv(mesh))
+    ref = ((ft.conj().T * tools.get_coulG(aux, mesh=mesh)) @ ft).real / aux.vol
+    nfun = sum(basis.n_functions(int(z)) for z in rec["numbers"])
+    assert m.shape == ref.shape == (nfun, nfun)
+    assert np.abs(m - ref).max() < 1e-9 * np.abs(ref).max()
+    # a norm: positive semi-definite
+    w = np.linalg.eigvalsh(m)
+    assert w.min() > -1e-10 * w.max()
+    with pytest.raises(InputError, match="overlap.*coulomb"):
+        periodic_grid_metric(basis, rec["numbers"], rec["positions"], rec["cell"], mesh, metric="l1")
 
 
 # ----------------------------------------------------------------------------- train, predict, nscf
