@@ -110,7 +110,7 @@ def main(argv=None) -> int:
                         "over the variants")
     p.add_argument("--min-variant-atoms", type=int, default=0,
                    help="repeat the cell of the training and interpolation variants up to this many atoms")
-    p.add_argument("--workers", type=int, default=1, help="reference DFT processes")
+    p.add_argument("--workers", type=int, default=1, help="processes of the reference DFT and the fits")
     p.add_argument("--strain", type=float, default=0.03, help="largest strain component")
     p.add_argument("--conventional-variants", action="store_true",
                    help="build the training and interpolation variants from conventional cells")
@@ -158,7 +158,8 @@ def main(argv=None) -> int:
             raise SystemExit(f"reference DFT failed for {', '.join(os.path.basename(m) for m in missing)}")
         data[part] = os.path.join(args.work, f"{part}.h5")
         if not os.path.exists(data[part]):
-            fit_basis(chks[part], data[part], FitSettings(auxbasis=args.auxbasis), progress=False)
+            fit_basis(chks[part], data[part], FitSettings(auxbasis=args.auxbasis), workers=args.workers,
+                      progress=False)
 
     model_cfg = json.loads(open(args.model).read()) if args.model else {}
     train_cfg = json.loads(open(args.config).read()) if args.config else {}

@@ -91,6 +91,22 @@ def report(records: list[dict]) -> str:
             cells.append(f"{(rb['e_free_per_atom'] - ra['e_free_per_atom']) * HARTREE_MEV:+.1f}"
                          if ra and rb else "-")
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    top = lengths[-1] if lengths else None
+    rel = {}
+    for (n, L), r in e.items():
+        d = e.get(("diamond", L))
+        if d is not None:
+            rel[(n, L)] = (r["e_free_per_atom"] - d["e_free_per_atom"]) * HARTREE_MEV
+    if len(lengths) > 1:
+        lines += ["", f"Error of E - E_diamond against L = {top:g} (meV/atom):", "",
+                  "| phase | " + " | ".join(f"L={L:g}" for L in lengths[:-1]) + " |",
+                  "|---|" + "---|" * (len(lengths) - 1)]
+        for n in names:
+            if n == "diamond":
+                continue
+            cells = [f"{rel[(n, L)] - rel[(n, top)]:+.1f}" if (n, L) in rel and (n, top) in rel else "-"
+                     for L in lengths[:-1]]
+            lines.append(f"| {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -64,6 +64,29 @@ def test_allotrope_study_keeps_held_out_phases_out_of_training():
     assert shift[0] == shift[2] == 0.0 and shift[1] > 0.1 and shift[3] > 0.1
 
 
+def test_kpoint_convergence_report_tables():
+    spec = importlib.util.spec_from_file_location("si_kpoint_convergence",
+                                                  os.path.join(ROOT, "examples", "si_kpoint_convergence.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    h = 1 / mod.HARTREE_MEV  # one meV/atom in hartree
+
+    def rec(name, length, e_mev, converged=True):
+        return dict(name=name, length=length, kmesh=[2, 2, 2], e_free_per_atom=-3.9 + e_mev * h,
+                    converged=converged)
+
+    records = [rec("diamond", 10, 0), rec("bc8", 10, 40), rec("diamond", 20, -100), rec("bc8", 20, -50),
+               rec("sh", 10, 300), rec("sh", 20, 0, converged=False)]
+    lines = mod.report(records).splitlines()
+    # E - E_diamond: bc8 +40 at L=10, +50 at L=20; the unconverged sh record is left out
+    assert "| bc8 | 2x2x2, +40.0 | 2x2x2, +50.0 |" in lines
+    assert "| sh | 2x2x2, +300.0 | - |" in lines
+    # own change from L=10 to L=20
+    assert "| diamond | -100.0 |" in lines and "| bc8 | -90.0 |" in lines
+    # error of the relative energy at L=10 against the largest L: 40 - 50
+    tail = lines[lines.index(next(x for x in lines if x.startswith("Error of E - E_diamond"))):]
+    assert "| bc8 | -10.0 |" in tail and "| sh | - |" in tail
+
 
 def test_allotrope_builder_counts_and_bonds(tmp_path):
     from ase.neighborlist import neighbor_list
