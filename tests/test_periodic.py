@@ -277,11 +277,12 @@ def si_model():
     return DensityModel(cfg, basis, "difference").double().eval()
 
 
-def test_periodic_neighbour_list_matches_brute_force():
+@pytest.mark.parametrize("backend", ["vesin", "ase"])
+def test_periodic_neighbour_list_matches_brute_force(backend):
     atoms = _si2(rattle=0.1)
     cell, pos = atoms.cell[:] * ANGSTROM_BOHR, atoms.positions * ANGSTROM_BOHR
     cutoff = 11.0  # longer than the lattice vectors: several images of every atom, and of itself
-    (i, j), shifts = G.periodic_neighbour_list(pos, cell, cutoff)
+    (i, j), shifts = G.periodic_neighbour_list(pos, cell, cutoff, backend=backend)
     d = np.linalg.norm(pos[j] - pos[i] + shifts @ cell, axis=1)
     n = 4
     grid = np.array([(a, b, c) for a in range(-n, n + 1) for b in range(-n, n + 1) for c in range(-n, n + 1)])
@@ -292,6 +293,24 @@ def test_periodic_neighbour_list_matches_brute_force():
             brute.extend(dd[(dd < cutoff) & (dd > 1e-9)].tolist())
     assert len(d) == len(brute) and np.allclose(np.sort(d), np.sort(brute))
     assert np.any((i == j) & np.any(shifts != 0, axis=1))  # self-images present
+
+
+def test_periodic_neighbour_list_backends_agree():
+    # a skewed, rattled 6-atom cell with atoms far outside the cell: vesin and ASE give the
+    # same edges, in the same order, with the same shifts
+    atoms = _si2(rattle=0.1).repeat((1, 3, 1))
+    cell, pos = atoms.cell[:] * ANGSTROM_BOHR, atoms.positions * ANGSTROM_BOHR
+    pos[1] += cell[0] - 2 * cell[2]
+    pos[4] += 3 * cell[1] + 0.5 * cell[0]
+    for cutoff in (4.0, 8.5, 12.0):
+        e_v, s_v = G.periodic_neighbour_list(pos, cell, cutoff, backend="vesin")
+        e_a, s_a = G.periodic_neighbour_list(pos, cell, cutoff, backend="ase")
+        assert e_v.shape[1] > 0 and np.array_equal(e_v, e_a) and np.array_equal(s_v, s_a)
+        assert e_v.dtype == np.int64 and s_v.dtype == np.int64
+        d = np.linalg.norm(pos[e_v[1]] - pos[e_v[0]] + s_v @ cell, axis=1)
+        assert d.max() < cutoff and d.min() > 1.0
+    with pytest.raises(InputError, match="backend"):
+        G.periodic_neighbour_list(pos, cell, 4.0, backend="matscipy")
 
 
 def test_model_on_cells_supercell_translation_rotation(si_model):
