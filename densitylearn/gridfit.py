@@ -183,7 +183,7 @@ class GridDensity:
 
     @property
     def volume_element(self) -> float:
-        """|det axes|, bohr^3 (the quadrature weight of every point)."""
+        """``abs(det(axes))``, bohr^3 (the quadrature weight of every point)."""
         return float(abs(np.linalg.det(self.axes)))
 
     @property

@@ -86,6 +86,13 @@ def _amplitudes(text: str) -> tuple:
     return vals
 
 
+def _say(text: str) -> None:
+    """One progress line on stderr with the wall-clock time: the study runs for hours."""
+    import time
+
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
 def _train_job(job):
     import torch
 
@@ -146,6 +153,7 @@ def main(argv=None) -> int:
     chks, data = {}, {}
     for part in ("train", "interp", "test"):
         refs = os.path.join(args.work, f"refs_{part}")
+        _say(f"reference DFT, {part}: {len(sets[part])} cells in {refs}")
         # "length:L" gives every cell its own mesh (densitylearn.reference.kmesh_for_structure):
         # about the same k-point density for all, so that small and large cells of one phase
         # have equally converged densities
@@ -158,6 +166,7 @@ def main(argv=None) -> int:
             raise SystemExit(f"reference DFT failed for {', '.join(os.path.basename(m) for m in missing)}")
         data[part] = os.path.join(args.work, f"{part}.h5")
         if not os.path.exists(data[part]):
+            _say(f"density fitting, {part}: {data[part]}")
             fit_basis(chks[part], data[part], FitSettings(auxbasis=args.auxbasis), workers=args.workers,
                       progress=False)
 
@@ -168,6 +177,7 @@ def main(argv=None) -> int:
                                         device=args.device, seed=args.seed, model=model_cfg)))
             for target in ("total", "difference")]
     if args.parallel:
+        _say("training TCD and DCD in parallel")
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(2) as pool:
@@ -186,6 +196,7 @@ def main(argv=None) -> int:
     chks["seen"] = [c for c in chks["train"] if "_v" not in os.path.basename(c)]
     force_names = set(filter(None, args.forces.split(",")))
     for target, run, cfg in jobs:
+        _say(f"{target} model: training (resumes; a no-op once done), predictions and NSCF")
         train(data["train"], run, cfg, progress=False)  # resumes to the end (no-op) after a parallel run
         model = os.path.join(run, "best.pt")
         for part in ("seen", "interp", "test"):

@@ -63,7 +63,7 @@ def test_docs_build_with_warnings_as_errors_and_gallery_executed(tmp_path):
     for name in COMMANDS:
         assert f"densitylearn {name}" in cli, name
     for mod in ("basis", "saed", "reference", "fitting", "data", "grid", "metrics", "evaluate", "cube",
-                "model", "train", "predict", "properties", "structure"):
+                "model", "train", "predict", "properties", "structure", "gridfit", "becke", "graph"):
         assert f'id="module-densitylearn.{mod}"' in (out / "api" / f"{mod}.html").read_text(), mod
     assert (out / "citing.html").is_file()
 
