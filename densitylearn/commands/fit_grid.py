@@ -34,6 +34,10 @@ def add_arguments(p):
     p.add_argument("--electrons", default=None, metavar="N|auto",
                    help="constrain the fit to N electrons ('auto': sum(Z) - charge, all-electron "
                         "densities only; a VASP valence density needs NELECT)")
+    p.add_argument("--total-fit", choices=("auto", "saed", "grid"), default="auto",
+                   help="with --difference: the total density as the difference fit plus the SAED's "
+                        "Coulomb fit ('saed', the default 'auto' on molecular all-electron grids: the core "
+                        "stays analytic) or its own least squares on the grid ('grid')")
     p.add_argument("--charge", type=int, default=0, help="net charge recorded with the structure")
     p.add_argument("--spin", type=int, default=None, help="2S recorded with the structure")
     p.add_argument("--rcond", type=float, default=None,
@@ -54,7 +58,8 @@ def run(args):
                               difference=args.difference, xc=args.xc, ref_basis=args.ref_basis,
                               electrons=args.electrons, charge=args.charge, spin=args.spin,
                               rcond=DEFAULT_RCOND if args.rcond is None else args.rcond,
-                              device=args.device, overwrite=args.overwrite, pseudo=args.pseudo)
+                              device=args.device, overwrite=args.overwrite, pseudo=args.pseudo,
+                              total_fit=args.total_fit)
     if args.json:
         with atomic_path(args.json, suffix=".json") as tmp:
             with open(tmp, "w") as fh:
