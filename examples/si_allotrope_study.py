@@ -152,6 +152,8 @@ def main(argv=None) -> int:
     sets = structure_sets(args)
     chks, data = {}, {}
     for part in ("train", "interp", "test"):
+        if not sets[part]:  # --interp-variants 0: no interpolation set
+            continue
         refs = os.path.join(args.work, f"refs_{part}")
         _say(f"reference DFT, {part}: {len(sets[part])} cells in {refs}")
         # "length:L" gives every cell its own mesh (densitylearn.reference.kmesh_for_structure):
@@ -188,7 +190,7 @@ def main(argv=None) -> int:
     floors = {}
     from densitylearn.data import CoefficientDataset
 
-    for part in ("train", "interp", "test"):  # fit-basis scored its fits on the FFT mesh: the floors
+    for part in data:  # fit-basis scored its fits on the FFT mesh: the floors
         ds = CoefficientDataset(data[part])
         for name, t, d in zip(ds.column("name"), ds.column("eps_mae_total"), ds.column("eps_mae_difference")):
             floors[str(name)] = (float(t), float(d))
@@ -200,6 +202,8 @@ def main(argv=None) -> int:
         train(data["train"], run, cfg, progress=False)  # resumes to the end (no-op) after a parallel run
         model = os.path.join(run, "best.pt")
         for part in ("seen", "interp", "test"):
+            if not chks.get(part):
+                continue
             pred = os.path.join(run, f"pred_{part}.h5")
             if not os.path.exists(pred):
                 predict_files(model, chks[part], pred, device=args.device, progress=False)
