@@ -51,6 +51,8 @@ does not converge is rerun from ``minao`` and both runs are reported).
 
 from __future__ import annotations
 
+import functools
+import os
 import time
 from dataclasses import dataclass, replace
 
@@ -524,6 +526,63 @@ def guess_density_matrix(mol, coefficients=None, basis=None, target: str = "diff
                            fit_saed_coulomb=fit_saed_coulomb, **kwargs).dm
 
 
+@functools.lru_cache(maxsize=4)
+def _cached_predictor(model: str, device):
+    """One loaded model per process (reference workers start many SCFs from it)."""
+    from .predict import load_model
+
+    return load_model(model, device=device)
+
+
+class ModelGuess:
+    """SCF initial guesses from a trained model, for reference calculations.
+
+    ``ModelGuess("qm9-dcd", "pbe", "def2-svp")(structure, mol)`` predicts the structure's
+    density and returns :func:`guess_density_matrix` (nao, nao) for the built Mole ``mol``.
+    Pass it as ``initial_guess`` to :func:`densitylearn.reference.compute_references`
+    (``densitylearn compute --guess MODEL``): the SCF then starts from it with DIIS from
+    cycle :data:`GUESS_DIIS_START_CYCLE`. Picklable (worker processes load the model once
+    each, on first use).
+
+    Parameters
+    ----------
+    model : str
+        Checkpoint path or built-in model name (:func:`densitylearn.predict.load_model`).
+    xc, orbital_basis : str
+        The calculation's functional and orbital basis; a model trained on others is a
+        :class:`~densitylearn.errors.MismatchError` unless ``override``
+        (:func:`resolve_settings`).
+    device : str, optional
+        Where the model runs (None: CUDA when available).
+    override_flag : str
+        How the mismatch error tells the user to override (a command-line flag).
+    """
+
+    diis_start_cycle = GUESS_DIIS_START_CYCLE
+
+    def __init__(self, model: str, xc: str, orbital_basis: str, device=None, override: bool = False,
+                 override_flag: str = "override=True"):
+        self.model, self.device = str(model), device
+        p = self._predictor()
+        self.xc, self.orbital_basis = resolve_settings(p.xc, p.orbital_basis, xc, orbital_basis, override,
+                                                       context=f"model {model}", override_flag=override_flag)
+        check_xc(self.xc)
+        self.label = f"{OUR_GUESS}:{os.path.basename(self.model)}"
+
+    def _predictor(self):
+        return _cached_predictor(self.model, self.device)
+
+    def check(self, structures) -> None:
+        """InputError naming the first structure the model cannot predict (elements, charge,
+        spin, periodicity); run before any SCF starts."""
+        self._predictor().check(structures)
+
+    def __call__(self, structure, mol) -> np.ndarray:
+        [pred] = self._predictor().predict([structure])
+        return guess_density_matrix(mol, pred.coefficients, pred.basis, pred.target, self.xc,
+                                    orbital_basis=self.orbital_basis)
+
+
 # ----------------------------------------------------------------------------- forces
 #: Default central-difference step of :func:`harris_forces`, bohr.
 FORCE_STEP_BOHR = 2e-3
@@ -838,12 +897,13 @@ def format_runs(runs, name: str = "") -> str:
 
 # ----------------------------------------------------------------------------- model runs
 def resolve_settings(model_xc: str, model_basis: str, xc: str | None = None, basis: str | None = None,
-                     override: bool = False, context: str = "the model") -> tuple[str, str]:
+                     override: bool = False, context: str = "the model",
+                     override_flag: str = "--override") -> tuple[str, str]:
     """Functional and orbital basis of a calculation with a model's density.
 
     Defaults to the model's (``Predictor.xc`` / ``orbital_basis``). A requested value that
-    differs raises :class:`MismatchError` unless ``override``; a model that records none
-    needs an explicit value (:class:`InputError`).
+    differs raises :class:`MismatchError` (naming ``override_flag``) unless ``override``; a
+    model that records none needs an explicit value (:class:`InputError`).
     """
     from .errors import MismatchError
     from .reference import _norm_basis, _norm_xc
@@ -858,7 +918,7 @@ def resolve_settings(model_xc: str, model_basis: str, xc: str | None = None, bas
             want = have
         elif have and norm(have) != norm(want) and not override:
             raise MismatchError(f"{context} was trained on {what} {have!r}, the calculation asks for {want!r} "
-                                f"(pass --override to use it anyway)")
+                                f"(pass {override_flag} to use it anyway)")
         out.append(str(want))
     return out[0], out[1]
 

@@ -48,7 +48,7 @@ CHK_GROUP = "densitylearn"
 SETTINGS_KEYS = ("xc", "basis", "grid_level", "conv_tol", "max_cycle", "restricted",
                  "converged", "e_tot", "n_cycles", "wall_time_s", "name", "source",
                  "charge", "spin", "device", "densitylearn_version", "pyscf_version",
-                 "created")
+                 "created", "init_guess", "guess_s", "guess_fallback")
 
 #: Extra attributes of periodic chkfiles: ``pseudo`` (PySCF name), ``kmesh`` (JSON list of
 #: 3 ints, [1, 1, 1] = gamma point), ``ke_cutoff`` (hartree, -1 for PySCF's default),
@@ -283,13 +283,21 @@ def _device_check(device: str) -> None:
 
 
 # ---------------------------------------------------------------------------- one SCF
+def check_guess_structure(structure: Structure) -> None:
+    """InputError unless ``structure`` can start from a model's guess (a closed-shell molecule)."""
+    if structure.is_periodic or structure.spin != 0:
+        kind = "a periodic cell" if structure.is_periodic else f"an open shell (2S={structure.spin})"
+        raise InputError(f"structure {structure.label}: {kind}; SCF guesses from a model apply to "
+                         "closed-shell molecules only")
+
+
 def run_reference(structure: Structure, xc: str = DEFAULT_XC, basis: str | None = DEFAULT_BASIS,
                   grid_level: int = DEFAULT_GRID_LEVEL, conv_tol: float = DEFAULT_CONV_TOL,
                   max_cycle: int = DEFAULT_MAX_CYCLE, device: str = "cpu",
                   chkfile: str | None = None, verbose: int = 0,
                   return_objects: bool = False, pseudo: str = DEFAULT_PSEUDO,
                   kmesh=DEFAULT_KMESH, ke_cutoff: float | None = None, smearing: float = 0.0,
-                  multigrid: bool = False, ksymmetry: bool = True) -> dict:
+                  multigrid: bool = False, ksymmetry: bool = True, initial_guess=None) -> dict:
     """Run one Kohn-Sham SCF for a molecule or a crystal.
 
     Molecules: restricted KS when ``structure.spin == 0``, unrestricted otherwise.
@@ -337,12 +345,23 @@ def run_reference(structure: Structure, xc: str = DEFAULT_XC, basis: str | None 
         occupations. Metals (beta-Sn Si, semimetallic BC8 Si) need it to converge; PySCF's
         ``smearing`` addon, occupations over the whole k-mesh with one chemical potential.
         Refused for molecules.
+    initial_guess : callable, optional
+        Closed-shell molecules only: ``initial_guess(structure, mol)`` returns the starting
+        density matrix (nao, nao) of the SCF instead of PySCF's ``minao`` guess, e.g. a
+        :class:`densitylearn.properties.ModelGuess`. Its attributes ``label`` (str, recorded
+        as ``init_guess``) and ``diis_start_cycle`` (int, PySCF's ``mf.diis_start_cycle``
+        for the run from the guess) are used. An SCF that does not converge from the guess
+        is run again from PySCF's default guess, and the result says so (``guess_fallback``).
 
     Returns
     -------
     dict
         ``e_tot`` (hartree), ``converged``, ``n_cycles``, ``wall_time_s``, ``restricted``,
-        ``xc``, ``basis``, ``grid_level``, ``conv_tol``, ``max_cycle``, ``device``, ``nao``;
+        ``xc``, ``basis``, ``grid_level``, ``conv_tol``, ``max_cycle``, ``device``, ``nao``,
+        ``init_guess`` (``'minao'``, PySCF's default, or the label of ``initial_guess``),
+        ``guess_s`` (seconds spent making the guess, included in ``wall_time_s``),
+        ``guess_fallback`` (True when the run from the guess did not converge and the
+        reference comes from a rerun from minao; ``n_cycles`` then counts both runs);
         periodic runs add ``pseudo``, ``kmesh``, ``ke_cutoff``, ``mesh``, ``smearing`` and
         ``e_free`` (hartree); plus ``mol`` and ``mf`` when ``return_objects``.
     """
@@ -350,6 +369,8 @@ def run_reference(structure: Structure, xc: str = DEFAULT_XC, basis: str | None 
     _device_check(device)
     basis = default_basis(structure, basis)
     smearing = check_smearing(smearing)
+    if initial_guess is not None:
+        check_guess_structure(structure)
     if structure.is_periodic:
         return _run_periodic(structure, xc=xc, basis=basis, pseudo=pseudo, kmesh=kmesh,
                              ke_cutoff=ke_cutoff, conv_tol=conv_tol, max_cycle=max_cycle,
@@ -363,21 +384,39 @@ def run_reference(structure: Structure, xc: str = DEFAULT_XC, basis: str | None 
     t0 = time.perf_counter()
     mol = structure.to_pyscf(basis=basis, verbose=verbose)
     restricted = structure.spin == 0
-    mf = dft.RKS(mol) if restricted else dft.UKS(mol)
-    mf.xc = xc
-    mf.grids.level = int(grid_level)
-    mf.conv_tol = float(conv_tol)
-    mf.max_cycle = int(max_cycle)
-    mf.verbose = verbose
-    if device == "cuda":
-        mf = mf.to_gpu()
-        # gpu4pyscf's chkfile support differs between versions: write it ourselves below.
-        mf.chkfile = None
+
+    def new_mf():
+        mf = dft.RKS(mol) if restricted else dft.UKS(mol)
+        mf.xc = xc
+        mf.grids.level = int(grid_level)
+        mf.conv_tol = float(conv_tol)
+        mf.max_cycle = int(max_cycle)
+        mf.verbose = verbose
+        if device == "cuda":
+            mf = mf.to_gpu()
+            # gpu4pyscf's chkfile support differs between versions: write it ourselves below.
+            mf.chkfile = None
+        else:
+            mf.chkfile = chkfile if chkfile else None
+        return mf
+
+    mf = new_mf()
+    label, guess_s, fallback, n_cycles = "minao", 0.0, False, 0
+    if initial_guess is not None:
+        tg = time.perf_counter()
+        dm0 = initial_guess(structure, mol)
+        guess_s = time.perf_counter() - tg
+        label = str(initial_guess.label)
+        mf.diis_start_cycle = int(initial_guess.diis_start_cycle)
+        mf.kernel(dm0=dm0)
+        if not mf.converged:  # never hidden: the reference then comes from PySCF's default guess
+            fallback, n_cycles = True, int(getattr(mf, "cycles", 0))
+            mf = new_mf()
+            mf.kernel()
     else:
-        mf.chkfile = chkfile if chkfile else None
-    mf.kernel()
+        mf.kernel()
     e_tot, converged = float(mf.e_tot), bool(mf.converged)
-    n_cycles = int(getattr(mf, "cycles", -1))
+    n_cycles += int(getattr(mf, "cycles", -1))
     if device == "cuda":
         mf = mf.to_cpu()  # numpy orbitals for the chkfile and for callers
         if chkfile:
@@ -388,7 +427,8 @@ def run_reference(structure: Structure, xc: str = DEFAULT_XC, basis: str | None 
                n_cycles=n_cycles, wall_time_s=time.perf_counter() - t0,
                restricted=restricted, xc=_norm_xc(xc), basis=str(basis).lower(),
                grid_level=int(grid_level), conv_tol=float(conv_tol), max_cycle=int(max_cycle),
-               device=device, nao=int(mol.nao))
+               device=device, nao=int(mol.nao), init_guess=label, guess_s=float(guess_s),
+               guess_fallback=fallback)
     if return_objects:
         out.update(mol=mol, mf=mf)
     return out
@@ -504,7 +544,8 @@ def write_settings(path: str, structure: Structure, result: dict) -> None:
                  wall_time_s=float(result["wall_time_s"]), name=structure.name,
                  source=structure.source, charge=structure.charge, spin=structure.spin,
                  device=result["device"], densitylearn_version=__version__,
-                 pyscf_version=pyscf.__version__,
+                 pyscf_version=pyscf.__version__, init_guess=result.get("init_guess", "minao"),
+                 guess_s=float(result.get("guess_s", 0.0)), guess_fallback=bool(result.get("guess_fallback", False)),
                  created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
     if structure.is_periodic:
         attrs.update(pseudo=result.get("pseudo", ""), kmesh=json.dumps(list(result["kmesh"])),
@@ -554,11 +595,13 @@ def compute_one(structure: Structure, out_dir: str, xc: str = DEFAULT_XC,
                 conv_tol: float = DEFAULT_CONV_TOL, max_cycle: int = DEFAULT_MAX_CYCLE,
                 device: str = "cpu", pseudo: str = DEFAULT_PSEUDO, kmesh=DEFAULT_KMESH,
                 ke_cutoff: float | None = None, smearing: float = 0.0,
-                skip_existing: bool = False, multigrid: bool = False, ksymmetry: bool = True) -> dict:
+                skip_existing: bool = False, multigrid: bool = False, ksymmetry: bool = True,
+                initial_guess=None) -> dict:
     """Compute one structure into ``out_dir/<name>.chk`` crash-safely.
 
     ``pseudo``, ``kmesh``, ``ke_cutoff`` and ``smearing`` apply to periodic structures (see
-    :func:`run_reference`); ``basis`` None picks the default for the structure's kind.
+    :func:`run_reference`); ``basis`` None picks the default for the structure's kind;
+    ``initial_guess`` as in :func:`run_reference`.
 
     PySCF writes into a temporary chkfile in ``out_dir``; the settings group is added, the
     file is fsynced and renamed with :func:`os.replace` to the final name when the SCF
@@ -591,7 +634,7 @@ def compute_one(structure: Structure, out_dir: str, xc: str = DEFAULT_XC,
         res = run_reference(structure, xc=xc, basis=basis, grid_level=grid_level,
                             conv_tol=conv_tol, max_cycle=max_cycle, device=device, chkfile=tmp,
                             pseudo=pseudo, kmesh=kmesh, ke_cutoff=ke_cutoff, smearing=smearing,
-                            multigrid=multigrid, ksymmetry=ksymmetry)
+                            multigrid=multigrid, ksymmetry=ksymmetry, initial_guess=initial_guess)
         write_settings(tmp, structure, res)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
@@ -733,7 +776,7 @@ def compute_references(structures, out_dir: str, xc: str = DEFAULT_XC,
                        overwrite: bool = False, progress: bool = True, log=None,
                        pseudo: str = DEFAULT_PSEUDO, kmesh=DEFAULT_KMESH,
                        ke_cutoff: float | None = None, smearing: float = 0.0,
-                       multigrid: bool = False, ksymmetry: bool = True) -> dict:
+                       multigrid: bool = False, ksymmetry: bool = True, initial_guess=None) -> dict:
     """Compute the reference chkfiles of many structures, resumably.
 
     All structures are validated first (:func:`prepare_structures`); one bad structure
@@ -758,11 +801,19 @@ def compute_references(structures, out_dir: str, xc: str = DEFAULT_XC,
         Show a tqdm bar on stderr.
     log : file-like, optional
         Where per-structure messages go (default ``sys.stderr``).
+    initial_guess : callable, optional
+        SCF starting density matrices for the molecules (see :func:`run_reference`), e.g.
+        :class:`densitylearn.properties.ModelGuess`; picklable when ``workers > 1``. Its
+        ``check(structures)`` (when present) runs on the structures to compute before any
+        SCF, and every one must be a closed-shell molecule. The existing-file check ignores
+        how a reference was started: a converged SCF is the same reference either way.
 
     Returns
     -------
     dict
-        ``computed``, ``skipped``, ``failed``, ``unconverged`` (lists of structure names),
+        ``computed``, ``skipped``, ``failed``, ``unconverged``, ``guess_fallback`` (lists of
+        structure names; the last: SCFs that did not converge from ``initial_guess`` and were
+        rerun from minao),
         ``errors`` (name -> one-line message), ``results`` (name -> result dict),
         ``wall_time_s``, ``n_total`` (structures in this shard), ``out_dir``.
     """
@@ -796,6 +847,11 @@ def compute_references(structures, out_dir: str, xc: str = DEFAULT_XC,
             todo.append(s)
         else:
             mismatched.append((path, why))
+    if initial_guess is not None and todo:
+        for s in todo:
+            check_guess_structure(s)
+        if hasattr(initial_guess, "check"):
+            initial_guess.check(todo)
     if mismatched:
         path, why = mismatched[0]
         more = f" (and {len(mismatched) - 1} more)" if len(mismatched) > 1 else ""
@@ -803,12 +859,12 @@ def compute_references(structures, out_dir: str, xc: str = DEFAULT_XC,
                             f"grid level {grid_level}){more}: choose another --out, delete "
                             f"them, or pass --overwrite")
 
-    summary = dict(computed=[], skipped=skipped, failed=[], unconverged=[], errors={},
+    summary = dict(computed=[], skipped=skipped, failed=[], unconverged=[], guess_fallback=[], errors={},
                    results={}, n_total=len(mine), out_dir=out_dir)
     kwargs = dict(xc=xc, basis=basis, grid_level=grid_level, conv_tol=conv_tol,
                   max_cycle=max_cycle, device=device, pseudo=pseudo, kmesh=kmesh,
                   ke_cutoff=ke_cutoff, smearing=check_smearing(smearing), skip_existing=not overwrite,
-                  multigrid=bool(multigrid), ksymmetry=bool(ksymmetry))
+                  multigrid=bool(multigrid), ksymmetry=bool(ksymmetry), initial_guess=initial_guess)
     bar = tqdm(total=len(mine), initial=len(skipped), desc="compute", unit="mol",
                file=sys.stderr, disable=not progress, dynamic_ncols=True)
 
@@ -831,6 +887,10 @@ def compute_references(structures, out_dir: str, xc: str = DEFAULT_XC,
                 bar.update(1)
                 return
             summary["results"][s.name] = res
+            if res.get("guess_fallback"):
+                summary["guess_fallback"].append(s.name)
+                say(f"densitylearn compute: {s.source or s.name}: {s.name}: SCF did not converge from the "
+                    f"{res['init_guess']} guess; reran from minao")
             if res["status"] == "computed":
                 summary["computed"].append(s.name)
             else:
@@ -886,8 +946,10 @@ def format_summary(summary: dict) -> str:
             f"{len(summary['skipped'])} skipped (already present), "
             f"{len(summary['failed'])} failed, {len(summary['unconverged'])} unconverged "
             f"of {summary['n_total']} in {summary['wall_time_s']:.1f} s -> {summary['out_dir']}")
-    for key in ("failed", "unconverged"):
-        names = summary[key]
+    if summary.get("guess_fallback"):
+        line += f"; {len(summary['guess_fallback'])} rerun from minao after the model's guess did not converge"
+    for key in ("failed", "unconverged", "guess_fallback"):
+        names = summary.get(key, [])
         if names:
             line += f"; {key}: " + ", ".join(names[:20]) + (" ..." if len(names) > 20 else "")
     return line

@@ -252,3 +252,87 @@ def test_qm9_range(tmp_path, capsys):
 def test_no_inputs_is_an_error(tmp_path, capsys):
     rc, _, err = _main(capsys, "--out", str(tmp_path / "o"))
     assert rc == 2 and "--qm9" in err
+
+
+# ----------------------------------------------------------------------------- model guesses
+SVP_L1 = ["--grid-level", "1", "--no-progress"]  # the shipped models' basis (def2-svp), coarse grid
+
+
+def test_model_guess_gives_the_same_reference_in_fewer_cycles(tmp_path, capsys):
+    from densitylearn.reference import load_reference, read_settings
+
+    h2o, nh3 = _write(tmp_path / "h2o.xyz", H2O), _write(tmp_path / "nh3.xyz", NH3)
+    rc, _, _ = _main(capsys, h2o, nh3, "--out", str(tmp_path / "minao"), *SVP_L1)
+    assert rc == 0
+    rc, txt, _ = _main(capsys, h2o, nh3, "--out", str(tmp_path / "ml"), "--guess", "qm9-dcd", *SVP_L1)
+    assert rc == 0 and "2 computed" in txt and "rerun from minao" not in txt
+    for name in ("h2o", "nh3"):
+        a, b = (os.path.join(tmp_path, d, f"{name}.chk") for d in ("minao", "ml"))
+        sa, sb = read_settings(a), read_settings(b)
+        assert sa["init_guess"] == "minao" and sb["init_guess"] == "densitylearn:qm9-dcd"
+        assert not sb["guess_fallback"]
+        assert 0 < sb["guess_s"] < sb["wall_time_s"]
+        # the same converged SCF, reached in fewer cycles from the model's density
+        assert sb["n_cycles"] < sa["n_cycles"]
+        ra, rb = load_reference(a), load_reference(b)
+        assert rb.e_tot == pytest.approx(ra.e_tot, abs=1e-8)
+        assert np.abs(rb.dm - ra.dm).max() < 1e-4
+    # a rerun keeps the files whatever guess asked for them
+    rc, txt, _ = _main(capsys, h2o, nh3, "--out", str(tmp_path / "ml"), *SVP_L1)
+    assert rc == 0 and "2 skipped" in txt
+
+
+def test_model_guess_is_picklable_for_worker_processes(tmp_path):
+    import pickle
+
+    from densitylearn.properties import ModelGuess
+    from densitylearn.structure import read_structures
+
+    (s,) = read_structures(_write(tmp_path / "h2o.xyz", H2O))
+    guess = ModelGuess("qm9-dcd", "PBE", "def2-SVP")
+    again = pickle.loads(pickle.dumps(guess))
+    mol = s.to_pyscf(basis="def2-svp")
+    dm = again(s, mol)
+    assert dm.shape == (mol.nao, mol.nao) and np.allclose(dm, dm.T)
+    assert np.trace(dm @ mol.intor("int1e_ovlp")) == pytest.approx(10.0, abs=1e-8)
+    assert np.allclose(dm, guess(s, mol), atol=1e-12)
+
+
+def test_model_guess_that_does_not_converge_falls_back_to_minao(tmp_path, capsys):
+    f = _write(tmp_path / "nh3.xyz", NH3)
+    out = tmp_path / "out"
+    rc, txt, err = _main(capsys, f, "--out", str(out), "--guess", "qm9-dcd", "--max-cycle", "1", *SVP_L1)
+    assert rc == 1
+    assert "1 unconverged" in txt and "1 rerun from minao" in txt and "guess_fallback: nh3" in txt
+    assert "did not converge from the densitylearn:qm9-dcd guess; reran from minao" in err
+    from densitylearn.reference import read_settings
+
+    s = read_settings(str(out / "nh3.unconverged.chk"))
+    assert s["guess_fallback"] and s["init_guess"] == "densitylearn:qm9-dcd" and s["n_cycles"] == 2
+
+
+@pytest.mark.parametrize("case", ["unknown_model", "element", "xc", "open_shell", "periodic", "override_alone"])
+def test_model_guess_bad_input_one_line_exit_2(case, tmp_path, capsys):
+    f, extra = _write(tmp_path / "h2o.xyz", H2O), ["--guess", "qm9-dcd"]
+    if case == "unknown_model":
+        extra = ["--guess", "no-such-model"]
+    elif case == "element":
+        f = _write(tmp_path / "hcl.xyz", "2\nhydrogen chloride\nH 0 0 0\nCl 0 0 1.27\n")
+    elif case == "xc":
+        extra += ["--xc", "lda"]
+    elif case == "open_shell":
+        f = _write(tmp_path / "oh.xyz", "2\nhydroxyl\nO 0 0 0\nH 0 0 0.97\n")
+    elif case == "periodic":
+        f = _write(tmp_path / "cell.xyz",
+                   '2\nLattice="4 0 0 0 4 0 0 0 4" Properties=species:S:1:pos:R:3 pbc="T T T"\n'
+                   "H 0 0 0\nH 0.74 0 0\n")
+    elif case == "override_alone":
+        extra = ["--guess-override"]
+    out = tmp_path / "out"
+    rc, _, err = _main(capsys, f, "--out", str(out), *extra, *SVP_L1)
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith("densitylearn compute: error:"), err
+    expect = {"unknown_model": "qm9-dcd", "element": "hcl", "xc": "--guess-override", "open_shell": "closed-shell",
+              "periodic": "closed-shell", "override_alone": "--guess MODEL"}[case]
+    assert expect in lines[0]
+    assert not out.exists() or not os.listdir(out)

@@ -6,7 +6,9 @@ KS, open shells unrestricted. Periodic structures (CIF, POSCAR, extxyz with a la
 pbc) run pyscf.pbc restricted KS with GTH pseudopotentials (gth-dzvp / gth-pbe by
 default) at the gamma point or on a --kmesh. Every input is validated before any SCF starts; one bad
 structure aborts the run. Existing chkfiles are skipped, so a killed run resumes; an
-unconverged SCF is kept as OUT/<name>.unconverged.chk and reported. Exit status: 0 when
+unconverged SCF is kept as OUT/<name>.unconverged.chk and reported. --guess MODEL starts
+each molecule's SCF from a trained model's density (fewer SCF cycles; an SCF that does not
+converge from it is rerun from PySCF's minao guess and reported). Exit status: 0 when
 everything converged, 1 when some structure failed or did not converge, 2 on bad input.
 """
 
@@ -62,6 +64,13 @@ def add_arguments(parser) -> None:
                         help="compute only structures k with k %% n == i (cluster job arrays)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="cuda runs through gpu4pyscf (pip install 'densitylearn[gpu]')")
+    parser.add_argument("--guess", metavar="MODEL", default=None,
+                        help="start each molecule's SCF from this model's predicted density (a "
+                             "checkpoint or built-in name such as qm9-dcd) instead of PySCF's minao "
+                             "guess: closed-shell molecules of the model's elements, functional and "
+                             "basis; the chkfile records init_guess")
+    parser.add_argument("--guess-override", action="store_true",
+                        help="allow a --guess model trained on another functional or orbital basis")
     parser.add_argument("--overwrite", action="store_true",
                         help="recompute existing chkfiles whose settings differ from this run")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -104,11 +113,22 @@ def run(args) -> int:
                       else (int(m.numbers.sum()) - args.charge) % 2)) for m in mols]
         structures.extend(mols)
 
+    guess = None
+    if args.guess:
+        from ..properties import ModelGuess
+        from ..reference import DEFAULT_BASIS
+
+        guess = ModelGuess(args.guess, args.xc, args.basis or DEFAULT_BASIS, device=args.device,
+                           override=args.guess_override, override_flag="--guess-override")
+    elif args.guess_override:
+        raise InputError("--guess-override needs --guess MODEL")
+
     summary = compute_references(
         structures, args.out, xc=args.xc, basis=args.basis, grid_level=args.grid_level,
         conv_tol=args.conv_tol, max_cycle=args.max_cycle, device=args.device,
         workers=args.workers, shard=shard, overwrite=args.overwrite,
         progress=not args.no_progress, pseudo=args.pseudo, kmesh=kmesh, ke_cutoff=args.ke_cutoff,
-        smearing=args.smearing, multigrid=args.multigrid, ksymmetry=not args.no_ksymmetry)
+        smearing=args.smearing, multigrid=args.multigrid, ksymmetry=not args.no_ksymmetry,
+        initial_guess=guess)
     print(format_summary(summary), file=sys.stdout, flush=True)
     return 1 if summary["failed"] or summary["unconverged"] else 0
