@@ -102,13 +102,10 @@ def test_heldout_scores_merge_shards_exactly(tmp_path, capsys):
     # from a killed run is ignored), molecules outside a model are counted apart, and
     # per-element eps_mae comes from the summed integrated errors, not from averaged percents
     import argparse
-    import importlib.util
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    spec = importlib.util.spec_from_file_location("qm9_heldout_scores",
-                                                  os.path.join(root, "examples", "qm9_heldout_scores.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    from conftest import load_example
+
+    mod = load_example("qm9_heldout_scores")
     folder = tmp_path / "heldout_scores"
     folder.mkdir()
 

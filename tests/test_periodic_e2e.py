@@ -7,7 +7,6 @@ own SCF energy and band energies, a second density evaluator, a finite differenc
 `evaluate` command.
 """
 
-import importlib.util
 import json
 import os
 from dataclasses import replace
@@ -16,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import load_example
 from densitylearn import cli
 from densitylearn.errors import InputError
 from densitylearn.units import HARTREE_EV
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMPUTE = ["--basis", "gth-szv", "--ke-cutoff", "20", "--kmesh", "2,1,1", "--no-progress"]
 TINY = {"cutoff": 6.0, "hidden_irreps": "8x0e+4x1o+4x2e+2x3o+2x4e", "num_layers": 2, "radial_hidden": 16,
         "embedding_dim": 8}
@@ -28,20 +27,14 @@ MEV = HARTREE_EV * 1000
 
 
 def _allotropes():
-    spec = importlib.util.spec_from_file_location("si_allotropes", os.path.join(ROOT, "examples", "si_allotropes.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_example("si_allotropes")
 
 
 # ----------------------------------------------------------------------------- allotropes
 def test_allotrope_study_keeps_held_out_phases_out_of_training():
     import argparse
 
-    spec = importlib.util.spec_from_file_location("si_allotrope_study",
-                                                  os.path.join(ROOT, "examples", "si_allotrope_study.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_example("si_allotrope_study")
     args = argparse.Namespace(train="diamond,beta_sn", test="bc8", variants=2, interp_variants=1, test_variants=1,
                               rattle=0.05, strain=0.03, seed=0, conventional_variants=True)
     sets = mod.structure_sets(args)
@@ -65,10 +58,7 @@ def test_allotrope_study_keeps_held_out_phases_out_of_training():
 
 
 def test_kpoint_convergence_report_tables():
-    spec = importlib.util.spec_from_file_location("si_kpoint_convergence",
-                                                  os.path.join(ROOT, "examples", "si_kpoint_convergence.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_example("si_kpoint_convergence")
     h = 1 / mod.HARTREE_MEV  # one meV/atom in hartree
 
     def rec(name, length, e_mev, converged=True):

@@ -164,3 +164,33 @@ def test_two_process_data_parallel_training(fit_dataset, tmp_path):
     assert ck["epoch"] == 1
     # two ranks share one epoch: each took ceil(2 / (1 * 2)) = 1 step
     assert ck["step"] == 1
+
+
+def test_training_ablation_script_scores_train_and_heldout(chks, fit_dataset, tmp_path, capsys):
+    # examples/qm9_training_ablation.py end to end on the small molecules: a short run, the
+    # training-set and held-out eps_mae from the real references, the Coulomb-norm error
+    # against the fits (zero for the fits themselves), no retraining on a second call, a report
+    from conftest import load_example
+
+    mod = load_example("qm9_training_ablation")
+    work = tmp_path / "work"
+    work.mkdir()
+    os.symlink(os.path.dirname(chks[0]), work / "refs_train")
+    os.symlink(os.path.dirname(chks[0]), work / "refs_test")
+    assert mod.coulomb_error_per_electron(fit_dataset, fit_dataset) == [0.0, 0.0, 0.0]
+    args = ["--work", str(work), "--data", fit_dataset, "--name", "tiny", "--epochs", "2",
+            "--config", json.dumps({"val_structures": 1, "batch_size": 2, "model": TINY_MODEL}),
+            "--max-test", "2", "--test-fit", fit_dataset]
+    assert mod.main(args) == 0
+    res = json.load(open(work / "ablation" / "tiny" / "result.json"))
+    assert res["epochs"] == 2 and res["n_params"] > 0 and res["config"]["model"] == TINY_MODEL
+    assert res["train"]["n"] == 2 and res["heldout"]["n"] == 2  # 3 molecules: 2 train, 1 validate
+    assert all(0 < e < 200 for e in res["train_per_structure"] + res["heldout_per_structure"])
+    assert res["heldout_coulomb_per_electron"]["mean"] > 0
+    capsys.readouterr()
+    assert mod.main(args) == 0
+    assert "already finished" in capsys.readouterr().out
+    assert mod.main(["--work", str(work), "--report"]) == 0
+    assert "tiny" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        mod.main(["--work", str(work), "--name", "x"])  # no --data
