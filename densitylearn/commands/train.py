@@ -20,7 +20,7 @@ def add_arguments(p):
     p.add_argument("--max-minutes", type=float, default=None, dest="max_minutes",
                    help="wall-clock budget: the learning rate anneals over it and training stops when it is spent")
     p.add_argument("--batch-size", type=int, default=None, dest="batch_size")
-    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 0.01)")
     p.add_argument("--loss", choices=("coulomb", "overlap", "mse"), default=None)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
     p.add_argument("--seed", type=int, default=None)
