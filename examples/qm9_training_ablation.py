@@ -61,6 +61,8 @@ def coulomb_error_per_electron(pred_path: str, fit_path: str) -> list[float]:
         e = G.record_target(r, "difference") - G.record_target(f, "difference")
         J = structure_metric(fit.basis, f["numbers"], f["positions"], "coulomb")
         out.append(float(e @ J @ e) / float(f["numbers"].sum()))
+    if not out:
+        raise SystemExit(f"error: {fit_path}: no structure of {pred_path} in it (names differ)")
     return out
 
 
@@ -82,15 +84,18 @@ def run_variant(args) -> None:
     extra = json.loads(args.config)
     cfg = TrainConfig.from_dict(dict(BASE, max_epochs=args.epochs, target=args.target, device=args.device, **extra))
     data = args.data if os.path.isabs(args.data) else os.path.join(args.work, args.data)
-    summary = train(data, run, cfg, progress=False)
-    best = os.path.join(run, "best.pt")
-    n_params = sum(p.numel() for p in load_model(best, device="cpu").model.parameters())
-
     ds = CoefficientDataset(data)
     tr, _ = split_indices(len(ds), cfg.val_fraction, cfg.seed)
     names = list(ds.column("name"))
     train_chks = [os.path.join(args.work, "refs_train", f"{names[i]}.chk") for i in tr]
     test_chks = sorted(glob.glob(os.path.join(args.work, "refs_test", "*.chk")))[: args.max_test]
+    missing = [c for c in train_chks if not os.path.exists(c)]
+    if missing or not test_chks:  # checked before training, not after an hour of it
+        raise SystemExit(f"error: {args.work}: " + (f"{len(missing)} training reference(s) missing, e.g. {missing[0]}"
+                                                     if missing else "no held-out chkfiles in refs_test/"))
+    summary = train(data, run, cfg, progress=False)
+    best = os.path.join(run, "best.pt")
+    n_params = sum(p.numel() for p in load_model(best, device="cpu").model.parameters())
     out = {"name": args.name, "target": args.target, "epochs": summary["epochs"], "n_params": n_params,
            "best_val": summary["best_val_eps_mae"], "time_s": summary["time_spent_s"], "config": cfg.to_dict()}
     label = "DCD" if args.target == "difference" else "TCD"
@@ -159,7 +164,12 @@ def main(argv=None) -> int:
         json.loads(args.config)
     except json.JSONDecodeError as exc:
         p.error(f"--config: not JSON ({exc})")
-    run_variant(args)
+    from densitylearn.errors import DensityLearnError
+
+    try:
+        run_variant(args)
+    except DensityLearnError as exc:  # a bad config key, an unreadable dataset or chkfile: one line
+        sys.exit(f"qm9_training_ablation: {exc}")
     return 0
 
 

@@ -194,3 +194,10 @@ def test_training_ablation_script_scores_train_and_heldout(chks, fit_dataset, tm
     assert "tiny" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         mod.main(["--work", str(work), "--name", "x"])  # no --data
+    with pytest.raises(SystemExit, match="no_such_key"):  # library errors end in one line
+        mod.main(["--work", str(work), "--data", fit_dataset, "--name", "bad", "--config", '{"no_such_key": 1}'])
+    os.remove(work / "refs_train")
+    os.mkdir(work / "refs_train")
+    with pytest.raises(SystemExit, match="training reference"):  # refused before any training
+        mod.main(["--work", str(work), "--data", fit_dataset, "--name", "norefs"])
+    assert not (work / "ablation" / "norefs").exists()
