@@ -80,24 +80,23 @@ def main(argv=None) -> int:
     if args.n < 1:
         p.error("--n must be >= 1")
 
+    from densitylearn.errors import InputError
     from densitylearn.predict import load_model
     from densitylearn.properties import guess_density_matrix, run_scf_with_guess, write_json
     from densitylearn.structure import parse_index_range, qm9_structures
 
+    try:  # the molecules first: a bad --indices fails before any model is loaded
+        indices = parse_index_range(args.indices) if args.indices else heldout_molecules(args.n, args.test)
+        structures = qm9_structures(indices)
+    except InputError as exc:
+        p.error(str(exc))
     predictors = {m: load_model(m, device=args.device) for m in args.models.split(",")}
     settings = {(pr.xc, pr.orbital_basis) for pr in predictors.values()}
     if len(settings) != 1:
         p.error(f"the models were trained on different functionals/orbital bases: {sorted(settings)}")
     xc, basis = settings.pop()
-    from densitylearn.errors import InputError
-
-    try:
-        indices = parse_index_range(args.indices) if args.indices else heldout_molecules(args.n, args.test)
-        structures = qm9_structures(indices)
-    except InputError as exc:
-        p.error(str(exc))
     scf = dict(grid_level=args.grid_level, conv_tol=args.conv_tol)
-    rows = {}   # label -> list of (iterations, wall incl. guess)
+    rows = {}   # label -> list of (SCF iterations, wall s incl. prediction, guess and pre-SCF, pre-SCF cycles)
     report = {"molecules": [s.label for s in structures], "settings": {**scf, "xc": xc, "basis": basis},
               "runs": []}
 
