@@ -65,8 +65,11 @@ class TrainConfig:
     grad_clip: float = 10.0
     ema_decay: float = 0.99
     patience: int = 30              #: epochs without validation improvement before stopping
+    #: validate (grid eps_mae, best checkpoint, patience) every this many epochs and after the
+    #: last one. On a CPU the grid validation can cost as much as the epoch's training steps.
+    val_every: int = 1
     val_fraction: float = 0.1
-    val_structures: int = 16        #: validation structures evaluated on a grid each epoch
+    val_structures: int = 16        #: validation structures evaluated on a grid at each validation
     val_grid_level: int = 2
     seed: int = 0
     num_workers: int = 0
@@ -94,7 +97,7 @@ class TrainConfig:
             raise InputError(f"config: dtype must be float32 or float64, got {self.dtype!r}")
         if self.backend not in ("e3nn", "cueq"):
             raise InputError(f"config: backend must be e3nn or cueq, got {self.backend!r}")
-        for name in ("batch_size", "max_epochs", "val_structures"):
+        for name in ("batch_size", "max_epochs", "val_structures", "val_every"):
             if getattr(self, name) < 1:
                 raise InputError(f"config: {name} must be >= 1")
         if not 0.0 < self.val_fraction < 1.0:
@@ -627,6 +630,7 @@ def train(data_path: str, out_dir: str, config: TrainConfig = TrainConfig(), pro
                                                               lambda: clock["frac"]))
     ema = EMA(model, config.ema_decay)
     epoch, step, best, bad = 0, 0, float("inf"), 0
+    last_validated = [0]  # the epoch of the latest validation
     if resume is not None:
         model.load_state_dict(resume["state_dict"])
         opt.load_state_dict(resume["optimizer"])
@@ -634,6 +638,7 @@ def train(data_path: str, out_dir: str, config: TrainConfig = TrainConfig(), pro
         ema.load_state_dict(resume["ema_state_dict"])
         epoch, step, best, bad = resume["epoch"], resume["step"], resume["best_val"], resume["bad_epochs"]
         clock["spent"] = float(resume.get("time_spent_s", 0.0))
+        last_validated[0] = int(resume.get("last_validated", epoch))
         clock["frac"] = clock["spent"] / (60.0 * config.max_minutes) if config.max_minutes else 0.0
         _set_rng_state(resume["rng"])
         if rank == 0 and progress:
@@ -686,31 +691,37 @@ def train(data_path: str, out_dir: str, config: TrainConfig = TrainConfig(), pro
         epoch += 1
         stop = torch.zeros(2)
         if rank == 0:
-            # validation with the EMA weights
-            live = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            model.load_state_dict(ema.state_dict())
-            model.eval()
-            with torch.no_grad():
-                vloss = float(np.mean([float(batch_loss([r], [int(i)], False))
-                                       for r, i in zip(val_ds, val_idx)]))
-            veps = validator(model)
-            model.load_state_dict(live)
-            improved = veps < best
-            if improved:
-                best, bad = veps, 0
-            else:
-                bad += 1
-            entry = {"epoch": epoch, "step": step, "train_loss": float(np.mean(losses)) if losses else float("nan"),
-                     "val_loss": vloss, "val_eps_mae": veps, "val_reference": validator.reference_kind,
-                     "lr": sched.get_last_lr()[0], "time_s": time.time() - t0}
+            stop[1] = spent() / (60.0 * config.max_minutes) if config.max_minutes else 0.0
+            validate = epoch % config.val_every == 0 or epoch >= config.max_epochs or stop[1] >= 1.0
+            entry = {"epoch": epoch, "step": step, "train_loss": float(np.mean(losses)) if losses else float("nan")}
+            improved = False
+            if validate:
+                # validation with the EMA weights
+                live = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                model.load_state_dict(ema.state_dict())
+                model.eval()
+                with torch.no_grad():
+                    vloss = float(np.mean([float(batch_loss([r], [int(i)], False))
+                                           for r, i in zip(val_ds, val_idx)]))
+                veps = validator(model)
+                model.load_state_dict(live)
+                improved = veps < best
+                # patience counts epochs: those since the previous validation
+                since = epoch - last_validated[0]
+                best, bad = (veps, 0) if improved else (best, bad + since)
+                last_validated[0] = epoch
+                entry.update({"val_loss": vloss, "val_eps_mae": veps, "val_reference": validator.reference_kind})
+            entry.update({"lr": sched.get_last_lr()[0], "time_s": time.time() - t0})
             with open(log_path, "a") as fh:
                 fh.write(json.dumps(entry) + "\n")
             if progress:
-                log(f"epoch {epoch}: train loss {entry['train_loss']:.4e}, val loss {vloss:.4e}, "
-                    f"val eps_mae {veps:.4f} %{' *' if improved else ''}")
+                val = (f", val loss {entry['val_loss']:.4e}, val eps_mae {entry['val_eps_mae']:.4f} %"
+                       f"{' *' if improved else ''}") if validate else ""
+                log(f"epoch {epoch}: train loss {entry['train_loss']:.4e}{val}")
             payload = _checkpoint_payload(model, ema, opt, sched, config, ds, epoch, step, best, bad,
                                           train_idx, val_idx)
             payload["time_spent_s"] = spent()
+            payload["last_validated"] = last_validated[0]
             if improved:
                 save_checkpoint(best_path, payload)
             save_checkpoint(last_path, payload)

@@ -97,9 +97,10 @@ print("checkpoint:", result["best"])
 # %%
 # Learning curve
 # --------------
-# ``log.jsonl`` holds one line per epoch.
+# ``log.jsonl`` holds one line per epoch; validated epochs (all, with the default
+# ``val_every: 1``) carry the validation loss and eps_mae.
 with open(os.path.join(run, "log.jsonl")) as fh:
-    log = [json.loads(line) for line in fh]
+    log = [e for e in (json.loads(line) for line in fh) if "val_eps_mae" in e]
 epoch = [e["epoch"] for e in log]
 fig, ax = plt.subplots(figsize=(6.4, 3.6))
 ax.semilogy(epoch, [e["train_loss"] for e in log], label="training loss")

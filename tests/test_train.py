@@ -70,6 +70,28 @@ def test_killed_run_resumes_as_if_never_stopped(fit_dataset, tmp_path):
         torch.testing.assert_close(a["ema_state_dict"][k], b["ema_state_dict"][k], rtol=tol, atol=tol)
 
 
+def test_validation_every_few_epochs_and_after_the_last(fit_dataset, tmp_path):
+    # validated epochs: multiples of val_every and the last one; the others log training only
+    summary = train(fit_dataset, str(tmp_path / "run"), TrainConfig.from_dict(dict(CFG, val_every=2)),
+                    progress=False)
+    lines = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == [1, 2, 3]
+    assert ["val_eps_mae" in x for x in lines] == [False, True, True]
+    assert np.isfinite(summary["best_val_eps_mae"])
+    assert load_checkpoint(str(tmp_path / "run" / "best.pt"))["epoch"] in (2, 3)
+    # patience counts epochs, not validations: with frozen weights (lr 0) nothing improves
+    # after the first validation (epoch 2), so patience 2 stops at the next one (epoch 4)
+    frozen = dict(CFG, max_epochs=20, lr=0.0, patience=2)
+    assert train(fit_dataset, str(tmp_path / "v2"), TrainConfig.from_dict(dict(frozen, val_every=2)),
+                 progress=False)["epochs"] == 4
+    assert train(fit_dataset, str(tmp_path / "v1"), TrainConfig.from_dict(frozen), progress=False)["epochs"] == 3
+    # a time budget spent after one epoch still validates that epoch
+    cfg = TrainConfig.from_dict(dict(CFG, max_epochs=50, max_minutes=1e-4, val_every=10))
+    assert np.isfinite(train(fit_dataset, str(tmp_path / "budget"), cfg, progress=False)["best_val_eps_mae"])
+    with pytest.raises(InputError, match="val_every"):
+        TrainConfig.from_dict(dict(CFG, val_every=0))
+
+
 def test_time_budget_anneals_and_stops(fit_dataset, tmp_path):
     from densitylearn.train import _lr_lambda
 

@@ -21,6 +21,8 @@ def add_arguments(p):
                    help="wall-clock budget: the learning rate anneals over it and training stops when it is spent")
     p.add_argument("--batch-size", type=int, default=None, dest="batch_size")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 0.01)")
+    p.add_argument("--val-every", type=int, default=None, dest="val_every", metavar="N",
+                   help="validate on the grid every N epochs and after the last (default 1)")
     p.add_argument("--loss", choices=("coulomb", "overlap", "mse"), default=None)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
     p.add_argument("--seed", type=int, default=None)
@@ -35,7 +37,7 @@ def run(args):
     from ..train import TrainConfig, train
 
     overrides = {k: getattr(args, k) for k in ("target", "max_epochs", "max_minutes", "batch_size", "lr",
-                                                 "loss", "device", "seed", "backend", "init_from")}
+                                                 "loss", "device", "seed", "backend", "init_from", "val_every")}
     if args.config:
         config = TrainConfig.from_file(args.config, **overrides)
     else:
