@@ -79,6 +79,14 @@ def test_validation_every_few_epochs_and_after_the_last(fit_dataset, tmp_path):
     assert ["val_eps_mae" in x for x in lines] == [False, True, True]
     assert np.isfinite(summary["best_val_eps_mae"])
     assert load_checkpoint(str(tmp_path / "run" / "best.pt"))["epoch"] in (2, 3)
+    # validation leaves weights, optimiser and random state alone: the same weights as
+    # validating every epoch (bit-identical on CPU)
+    train(fit_dataset, str(tmp_path / "every"), TrainConfig.from_dict(CFG), progress=False)
+    a = load_checkpoint(str(tmp_path / "run" / "last.pt"))
+    b = load_checkpoint(str(tmp_path / "every" / "last.pt"))
+    tol = 1e-5 if torch.cuda.is_available() else 0.0
+    for k in a["state_dict"]:
+        torch.testing.assert_close(a["state_dict"][k], b["state_dict"][k], rtol=tol, atol=tol)
     # patience counts epochs, not validations: with frozen weights (lr 0) nothing improves
     # after the first validation (epoch 2), so patience 2 stops at the next one (epoch 4)
     frozen = dict(CFG, max_epochs=20, lr=0.0, patience=2)
