@@ -630,7 +630,7 @@ def train(data_path: str, out_dir: str, config: TrainConfig = TrainConfig(), pro
                                                               lambda: clock["frac"]))
     ema = EMA(model, config.ema_decay)
     epoch, step, best, bad = 0, 0, float("inf"), 0
-    last_validated = [0]  # the epoch of the latest validation
+    last_validated = 0  # the epoch of the latest validation
     if resume is not None:
         model.load_state_dict(resume["state_dict"])
         opt.load_state_dict(resume["optimizer"])
@@ -638,7 +638,7 @@ def train(data_path: str, out_dir: str, config: TrainConfig = TrainConfig(), pro
         ema.load_state_dict(resume["ema_state_dict"])
         epoch, step, best, bad = resume["epoch"], resume["step"], resume["best_val"], resume["bad_epochs"]
         clock["spent"] = float(resume.get("time_spent_s", 0.0))
-        last_validated[0] = int(resume.get("last_validated", epoch))
+        last_validated = int(resume.get("last_validated", epoch))
         clock["frac"] = clock["spent"] / (60.0 * config.max_minutes) if config.max_minutes else 0.0
         _set_rng_state(resume["rng"])
         if rank == 0 and progress:
@@ -707,9 +707,9 @@ def train(data_path: str, out_dir: str, config: TrainConfig = TrainConfig(), pro
                 model.load_state_dict(live)
                 improved = veps < best
                 # patience counts epochs: those since the previous validation
-                since = epoch - last_validated[0]
+                since = epoch - last_validated
                 best, bad = (veps, 0) if improved else (best, bad + since)
-                last_validated[0] = epoch
+                last_validated = epoch
                 entry.update({"val_loss": vloss, "val_eps_mae": veps, "val_reference": validator.reference_kind})
             entry.update({"lr": sched.get_last_lr()[0], "time_s": time.time() - t0})
             with open(log_path, "a") as fh:
@@ -721,7 +721,7 @@ def train(data_path: str, out_dir: str, config: TrainConfig = TrainConfig(), pro
             payload = _checkpoint_payload(model, ema, opt, sched, config, ds, epoch, step, best, bad,
                                           train_idx, val_idx)
             payload["time_spent_s"] = spent()
-            payload["last_validated"] = last_validated[0]
+            payload["last_validated"] = last_validated
             if improved:
                 save_checkpoint(best_path, payload)
             save_checkpoint(last_path, payload)
