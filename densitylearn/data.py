@@ -211,6 +211,7 @@ class CoefficientDataset:
 
         self.path = os.fspath(path)
         self._file = None
+        self._in_memory = False
         if not os.path.exists(self.path):
             raise InputError(f"{self.path}: no such file")
         try:
@@ -252,19 +253,41 @@ class CoefficientDataset:
     # -- fork safety
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_file"] = None
+        state["_file"] = None  # a copy in memory is read again by the receiving process
         return state
 
     def _h5(self):
         if self._file is None:
             import h5py
 
-            self._file = h5py.File(self.path, "r")
+            if self._in_memory:
+                with h5py.File(self.path, "r") as f:
+                    self._file = {k: f[k][()] for k in f.keys() if isinstance(f[k], h5py.Dataset)}
+            else:
+                self._file = h5py.File(self.path, "r")
         return self._file
+
+    def load_into_memory(self) -> "CoefficientDataset":
+        """Read every dataset of the file into memory once; records then come from there.
+
+        A record read from the HDF5 file costs a dozen small reads (about 5-13 ms on the
+        2-core development machine), as much as a tenth of a CPU training step and more
+        than a GPU step; from memory it is a few slices. The whole file is held (about
+        40 KB per QM9 molecule with total and SAED coefficients). Returns ``self``.
+        """
+        self.close()
+        self._in_memory = True
+        self._h5()
+        return self
+
+    @property
+    def in_memory(self) -> bool:
+        return self._in_memory
 
     def close(self):
         if self._file is not None:
-            self._file.close()
+            if not isinstance(self._file, dict):
+                self._file.close()
             self._file = None
 
     def __len__(self) -> int:
@@ -290,7 +313,7 @@ class CoefficientDataset:
         f = self._h5()
         c0, c1 = self.coef_offsets[i], self.coef_offsets[i + 1]
         if target in self.targets:
-            return f["coef_" + target][c0:c1]
+            return np.array(f["coef_" + target][c0:c1])  # a copy, never a view of the in-memory file
         if target == "difference" and {"total", "saed"} <= set(self.targets):
             return f["coef_total"][c0:c1] - f["coef_saed"][c0:c1]
         raise InputError(f"{self.path}: no {target!r} coefficients (file has {', '.join(self.targets)})")
@@ -303,8 +326,8 @@ class CoefficientDataset:
         i = i % n
         f = self._h5()
         a0, a1 = self.atom_offsets[i], self.atom_offsets[i + 1]
-        rec = {"numbers": f["numbers"][a0:a1].astype(np.int64), "positions": f["positions"][a0:a1],
-               "cell": f["cell"][i], "pbc": f["pbc"][i]}
+        rec = {"numbers": f["numbers"][a0:a1].astype(np.int64), "positions": np.array(f["positions"][a0:a1]),
+               "cell": np.array(f["cell"][i]), "pbc": np.array(f["pbc"][i])}
         for k in _PER_STRUCTURE:
             rec[k] = f[k][i].item()
         for k in ("name", "source"):

@@ -76,6 +76,39 @@ def test_pickled_reader_reopens_in_workers(tmp_path, basis):
     assert len(out[1]) == len(ds[7]["coef_total"])
 
 
+def test_reader_in_memory_gives_the_same_records_as_copies(tmp_path, basis):
+    path = tmp_path / "d.h5"
+    _write(path, basis, 30, seed=2)
+    disk = CoefficientDataset(str(path))
+    mem = CoefficientDataset(str(path)).load_into_memory()
+    assert mem.in_memory and not disk.in_memory
+    for i in (0, 11, 29):
+        a, b = disk[i], mem[i]
+        assert a.keys() == b.keys()
+        for k in a:
+            if isinstance(a[k], np.ndarray):
+                np.testing.assert_array_equal(a[k], b[k])
+                assert a[k].dtype == b[k].dtype
+            else:
+                assert a[k] == b[k] and type(a[k]) is type(b[k])
+    assert mem.elements == disk.elements
+    np.testing.assert_array_equal(mem.column("name"), disk.column("name"))
+    np.testing.assert_array_equal(mem.coefficients(5, "difference"), disk.coefficients(5, "difference"))
+    # records are copies: changing one (as a batch builder might) leaves the held file alone
+    rec = mem[4]
+    for k in ("positions", "coef_total", "coef_saed", "cell"):
+        rec[k] += 1.0
+    np.testing.assert_array_equal(mem[4]["positions"], disk[4]["positions"])
+    np.testing.assert_array_equal(mem[4]["coef_total"], disk[4]["coef_total"])
+    # a pickled in-memory reader (DataLoader worker, spawned rank) reads the file again itself
+    clone = pickle.loads(pickle.dumps(mem))
+    assert clone._file is None and clone.in_memory
+    np.testing.assert_array_equal(clone[7]["coef_saed"], disk[7]["coef_saed"])
+    assert isinstance(clone._file, dict)
+    mem.close()
+    np.testing.assert_array_equal(mem[2]["numbers"], disk[2]["numbers"])  # reloads after close
+
+
 def _read_coef(args):
     ds, i = args
     return ds[i]["coef_total"]

@@ -100,6 +100,30 @@ def test_validation_every_few_epochs_and_after_the_last(fit_dataset, tmp_path):
         TrainConfig.from_dict(dict(CFG, val_every=0))
 
 
+def test_records_from_memory_or_file_train_the_same_weights(fit_dataset, tmp_path):
+    # in_memory (the default) only changes where the records come from
+    cfgs = {mem: TrainConfig.from_dict(dict(CFG, max_epochs=2, in_memory=mem)) for mem in (True, False)}
+    for mem, cfg in cfgs.items():
+        train(fit_dataset, str(tmp_path / str(mem)), cfg, progress=False)
+    a = load_checkpoint(str(tmp_path / "True" / "last.pt"))
+    b = load_checkpoint(str(tmp_path / "False" / "last.pt"))
+    tol = 1e-5 if torch.cuda.is_available() else 0.0
+    for k in a["state_dict"]:
+        torch.testing.assert_close(a["state_dict"][k], b["state_dict"][k], rtol=tol, atol=tol)
+    assert a["train_config"]["in_memory"] is True and b["train_config"]["in_memory"] is False
+    # the command line reads from the file with --from-disk
+    conf = tmp_path / "tiny.json"
+    conf.write_text(json.dumps(dict(CFG, max_epochs=1)))
+    assert cli.main(["train", fit_dataset, "--out", str(tmp_path / "cli"), "--config", str(conf),
+                     "--from-disk", "--quiet"]) == 0
+    assert load_checkpoint(str(tmp_path / "cli" / "last.pt"))["train_config"]["in_memory"] is False
+    # checkpoints written before the field recorded a num_workers of 0 that never had an
+    # effect: they still load; any other value is the usual unknown-key error
+    assert TrainConfig.from_dict(dict(CFG, num_workers=0)) == TrainConfig.from_dict(CFG)
+    with pytest.raises(InputError, match="num_workers"):
+        TrainConfig.from_dict(dict(CFG, num_workers=2))
+
+
 def test_time_budget_anneals_and_stops(fit_dataset, tmp_path):
     from densitylearn.train import _lr_lambda
 

@@ -30,6 +30,9 @@ def add_arguments(p):
                    help="tensor-product library (default e3nn; cueq = NVIDIA cuEquivariance, same results)")
     p.add_argument("--init-from", default=None, dest="init_from", metavar="MODEL",
                    help="fine-tune: start from this checkpoint or built-in model (same target, basis, SAED)")
+    p.add_argument("--from-disk", action="store_false", default=None, dest="in_memory",
+                   help="read each record from the HDF5 file at every step instead of holding the "
+                        "dataset in memory (for files larger than the RAM)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -37,7 +40,8 @@ def run(args):
     from ..train import TrainConfig, train
 
     overrides = {k: getattr(args, k) for k in ("target", "max_epochs", "max_minutes", "batch_size", "lr",
-                                                 "loss", "device", "seed", "backend", "init_from", "val_every")}
+                                                 "loss", "device", "seed", "backend", "init_from", "val_every",
+                                                 "in_memory")}
     if args.config:
         config = TrainConfig.from_file(args.config, **overrides)
     else:
