@@ -111,6 +111,8 @@ def test_records_from_memory_or_file_train_the_same_weights(fit_dataset, tmp_pat
     for k in a["state_dict"]:
         torch.testing.assert_close(a["state_dict"][k], b["state_dict"][k], rtol=tol, atol=tol)
     assert a["train_config"]["in_memory"] is True and b["train_config"]["in_memory"] is False
+    # either may resume the other: where the records come from does not change the run
+    assert train(fit_dataset, str(tmp_path / "False"), cfgs[True], progress=False)["epochs"] == 2
     # the command line reads from the file with --from-disk
     conf = tmp_path / "tiny.json"
     conf.write_text(json.dumps(dict(CFG, max_epochs=1)))
