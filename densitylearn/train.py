@@ -582,8 +582,6 @@ def train(data_path: str, out_dir: str, config: TrainConfig = TrainConfig(), pro
     ds = CoefficientDataset(data_path)
     if config.target == "difference" and ds.saed is None:
         raise MismatchError(f"{data_path}: target 'difference' needs a dataset that records its SAED")
-    if config.in_memory:
-        ds.load_into_memory()
     os.makedirs(out_dir, exist_ok=True)
     last_path, best_path = os.path.join(out_dir, "last.pt"), os.path.join(out_dir, "best.pt")
     log_path = os.path.join(out_dir, "log.jsonl")
@@ -598,6 +596,8 @@ def train(data_path: str, out_dir: str, config: TrainConfig = TrainConfig(), pro
                                 f"use another --out or the original config")
         if resume["dataset"]["auxbasis_hash"] != ds.basis.hash or resume["dataset"]["n"] != len(ds):
             raise MismatchError(f"{last_path}: run was started on another dataset than {data_path}")
+    if config.in_memory:  # after the checks above, so that a refused resume reads nothing
+        ds.load_into_memory()
 
     train_idx, val_idx = split_indices(len(ds), config.val_fraction, config.seed)
     if config.max_train_structures:
