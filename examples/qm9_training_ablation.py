@@ -8,6 +8,8 @@ Usage, one variant per call (calls can run side by side, one thread each)::
         --config '{"loss": "overlap"}'
     python examples/qm9_training_ablation.py --work qm9bench --data train_130.h5 --name wide \\
         --config '{"model": {"hidden_irreps": "128x0e+64x1o+32x2e+16x3o+16x4e"}}'
+    python examples/qm9_training_ablation.py --work qm9bench --data train_130.h5 --name n45 \\
+        --config '{"max_train_structures": 45}'
     python examples/qm9_training_ablation.py --work qm9bench --report
 
 Each call trains one model from scratch on ``--data`` (a fitted training-range dataset, e.g.
@@ -24,6 +26,10 @@ for ``--epochs`` with the base settings below, overridden by ``--config`` (a JSO
 and, if ``--test-fit`` names the fitted held-out dataset, the Coulomb-norm error of the
 predicted coefficients against the Coulomb fits, per electron (``e^T J e / N`` in hartree,
 ``e = c_pred - c_fit``): the error an SCF guess or a Coulomb matrix sees.
+
+``max_train_structures`` makes a learning-curve point: the model trains on the first N
+molecules of the training split (same validation molecules), and its training error is
+scored over those N only.
 
 A training error close to the held-out error with both far above the fitting floor says the
 model underfits (capacity or optimisation); a training error near the floor with a large
@@ -86,6 +92,8 @@ def run_variant(args) -> None:
     data = args.data if os.path.isabs(args.data) else os.path.join(args.work, args.data)
     ds = CoefficientDataset(data)
     tr, _ = split_indices(len(ds), cfg.val_fraction, cfg.seed)
+    if cfg.max_train_structures:  # a learning-curve point: the training error is over these only
+        tr = tr[:cfg.max_train_structures]
     names = list(ds.column("name"))
     train_chks = [os.path.join(args.work, "refs_train", f"{names[i]}.chk") for i in tr]
     test_chks = sorted(glob.glob(os.path.join(args.work, "refs_test", "*.chk")))[: args.max_test]

@@ -248,6 +248,12 @@ def test_training_ablation_script_scores_train_and_heldout(chks, fit_dataset, tm
     assert "already finished" in capsys.readouterr().out
     assert mod.main(["--work", str(work), "--report"]) == 0
     assert "tiny" in capsys.readouterr().out
+    # a learning-curve point: the training error covers only the molecules trained on
+    curve = ["--work", str(work), "--data", fit_dataset, "--name", "one", "--epochs", "1", "--max-test", "1",
+             "--config", json.dumps({"val_structures": 1, "max_train_structures": 1, "model": TINY_MODEL})]
+    assert mod.main(curve) == 0
+    res1 = json.load(open(work / "ablation" / "one" / "result.json"))
+    assert res1["train"]["n"] == 1 and len(res1["train_per_structure"]) == 1
     with pytest.raises(SystemExit):
         mod.main(["--work", str(work), "--name", "x"])  # no --data
     with pytest.raises(SystemExit, match="no_such_key"):  # library errors end in one line
