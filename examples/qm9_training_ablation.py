@@ -29,7 +29,8 @@ predicted coefficients against the Coulomb fits, per electron (``e^T J e / N`` i
 
 ``max_train_structures`` makes a learning-curve point: the model trains on the first N
 molecules of the training split (same validation molecules), and its training error is
-scored over those N only.
+scored over those N only. The split keeps the dataset's order (by name, so by QM9 index for
+the benchmark's datasets): the first N are the lowest indices, not a uniform subsample.
 
 A training error close to the held-out error with both far above the fitting floor says the
 model underfits (capacity or optimisation); a training error near the floor with a large
