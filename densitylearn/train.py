@@ -80,8 +80,8 @@ class TrainConfig:
     dtype: str = "float32"
     amp: bool = False               #: bfloat16 autocast on CUDA
     backend: str = "e3nn"           #: tensor products: 'e3nn' or 'cueq' (cuEquivariance)
-    #: train on the first N molecules of the training split (sorted, so the dataset's
-    #: order: lowest names first), not a random subset; the validation split is unchanged
+    #: train on the first N molecules of the training split, in the dataset's order (fit-basis
+    #: writes by name), not a random subset; the validation split is unchanged
     max_train_structures: int | None = None
     #: wall-clock budget in minutes (None: none). The cosine decay follows whichever of
     #: epochs and elapsed time is further along, and training ends when either runs out, so
