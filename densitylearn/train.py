@@ -80,9 +80,14 @@ class TrainConfig:
     dtype: str = "float32"
     amp: bool = False               #: bfloat16 autocast on CUDA
     backend: str = "e3nn"           #: tensor products: 'e3nn' or 'cueq' (cuEquivariance)
-    #: train on the first N molecules of the training split, in the dataset's order (fit-basis
-    #: writes by name), not a random subset; the validation split is unchanged
+    #: train on N molecules of the training split only (a learning-curve point); the
+    #: validation split is unchanged. Which N: see ``train_subset``.
     max_train_structures: int | None = None
+    #: how ``max_train_structures`` picks its molecules: 'random' (a seeded random subset; the
+    #: subsets of one seed are nested, so a smaller learning-curve point is part of every
+    #: larger one) or 'first' (the first N in the dataset's order; fit-basis writes by name, so
+    #: for QM9 the lowest indices: smaller molecules, the runs before 2026-12-06)
+    train_subset: str = "random"
     #: wall-clock budget in minutes (None: none). The cosine decay follows whichever of
     #: epochs and elapsed time is further along, and training ends when either runs out, so
     #: a run with a hard time limit still anneals its learning rate.
@@ -107,6 +112,10 @@ class TrainConfig:
                 raise InputError(f"config: {name} must be >= 1")
         if not 0.0 < self.val_fraction < 1.0:
             raise InputError("config: val_fraction must lie in (0, 1)")
+        if self.train_subset not in ("random", "first"):
+            raise InputError(f"config: train_subset must be 'random' or 'first', got {self.train_subset!r}")
+        if self.max_train_structures is not None and self.max_train_structures < 1:
+            raise InputError("config: max_train_structures must be >= 1")
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise InputError("config: max_minutes must be > 0")
 
@@ -166,6 +175,20 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, n
     if n - n_val < 1:
         raise InputError(f"dataset has {n} structure(s): too few for a training and a validation split")
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def training_subset(train_idx: np.ndarray, config: TrainConfig) -> np.ndarray:
+    """The part of the training split a run trains on (all of it unless
+    ``max_train_structures`` is set), sorted."""
+    n = config.max_train_structures
+    if not n or n >= len(train_idx):
+        return train_idx
+    if config.train_subset == "first":
+        return train_idx[:n]
+    # its own stream (not the split's): the order is fixed by the seed alone, so the first N
+    # of it for a smaller N are part of the first N for a larger one
+    order = np.random.default_rng([config.seed, 1]).permutation(len(train_idx))
+    return np.sort(train_idx[order[:n]])
 
 
 class MetricCache:
@@ -590,8 +613,11 @@ def train(data_path: str, out_dir: str, config: TrainConfig = TrainConfig(), pro
 
     resume = load_checkpoint(last_path) if os.path.exists(last_path) else None
     if resume is not None:
+        stored_dict = dict(resume["train_config"])
+        if "train_subset" not in stored_dict and stored_dict.get("max_train_structures"):
+            stored_dict["train_subset"] = "first"  # checkpoints before 2026-12-06 took the first N
         # where the records come from does not change the run
-        stored = dataclasses.replace(TrainConfig.from_dict(resume["train_config"]), in_memory=config.in_memory)
+        stored = dataclasses.replace(TrainConfig.from_dict(stored_dict), in_memory=config.in_memory)
         if stored != config:
             diff = [k for k in config.to_dict() if getattr(stored, k) != getattr(config, k)]
             raise MismatchError(f"{last_path}: run was started with other settings ({', '.join(diff)}); "
@@ -602,8 +628,7 @@ def train(data_path: str, out_dir: str, config: TrainConfig = TrainConfig(), pro
         ds.load_into_memory()
 
     train_idx, val_idx = split_indices(len(ds), config.val_fraction, config.seed)
-    if config.max_train_structures:
-        train_idx = train_idx[:config.max_train_structures]
+    train_idx = training_subset(train_idx, config)
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     random.seed(config.seed)

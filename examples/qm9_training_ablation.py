@@ -27,10 +27,11 @@ and, if ``--test-fit`` names the fitted held-out dataset, the Coulomb-norm error
 predicted coefficients against the Coulomb fits, per electron (``e^T J e / N`` in hartree,
 ``e = c_pred - c_fit``): the error an SCF guess or a Coulomb matrix sees.
 
-``max_train_structures`` makes a learning-curve point: the model trains on the first N
-molecules of the training split (same validation molecules), and its training error is
-scored over those N only. The split keeps the dataset's order (by name, so by QM9 index for
-the benchmark's datasets): the first N are the lowest indices, not a uniform subsample.
+``max_train_structures`` makes a learning-curve point: the model trains on N molecules of
+the training split (same validation molecules), and its training error is scored over those
+N only. They are a seeded random subset (``train_subset: "random"``, nested across N for one
+seed); ``"train_subset": "first"`` takes the first N in the dataset's order instead (by name,
+so the lowest QM9 indices: smaller molecules), as the runs before 2026-12-06 did.
 
 A training error close to the held-out error with both far above the fitting floor says the
 model underfits (capacity or optimisation); a training error near the floor with a large
@@ -81,7 +82,7 @@ def run_variant(args) -> None:
     from densitylearn.data import CoefficientDataset
     from densitylearn.evaluate import evaluate_file
     from densitylearn.predict import load_model, predict_files
-    from densitylearn.train import TrainConfig, split_indices, train
+    from densitylearn.train import TrainConfig, split_indices, train, training_subset
 
     run = os.path.join(args.work, "ablation", args.name)
     result_path = os.path.join(run, "result.json")
@@ -93,8 +94,7 @@ def run_variant(args) -> None:
     data = args.data if os.path.isabs(args.data) else os.path.join(args.work, args.data)
     ds = CoefficientDataset(data)
     tr, _ = split_indices(len(ds), cfg.val_fraction, cfg.seed)
-    if cfg.max_train_structures:  # a learning-curve point: the training error is over these only
-        tr = tr[:cfg.max_train_structures]
+    tr = training_subset(tr, cfg)  # a learning-curve point: the training error is over these only
     names = list(ds.column("name"))
     train_chks = [os.path.join(args.work, "refs_train", f"{names[i]}.chk") for i in tr]
     test_chks = sorted(glob.glob(os.path.join(args.work, "refs_test", "*.chk")))[: args.max_test]

@@ -165,6 +165,42 @@ def test_total_target_and_bad_inputs(fit_dataset, tmp_path, capsys):
         split_indices(1, 0.1, 0)
 
 
+def test_learning_curve_subsets_are_random_nested_and_resume_old_runs(fit_dataset, tmp_path):
+    from densitylearn.train import training_subset
+
+    idx = np.arange(0, 2000, 2)  # a sorted training split (datasets are ordered by name)
+
+    def pick(n, **kw):
+        return training_subset(idx, TrainConfig.from_dict(dict(max_train_structures=n, **kw)))
+
+    small, large = pick(100), pick(400)
+    assert len(small) == 100 and len(set(small)) == 100 and set(small) <= set(idx)
+    assert np.all(np.diff(small) > 0)
+    assert set(small) <= set(large)  # nested learning-curve points
+    np.testing.assert_array_equal(small, pick(100))  # seeded
+    assert not np.array_equal(small, pick(100, seed=1))
+    # uniform over the split, not its low end: mean position 0.5 (binomial sd 0.03 for 100)
+    assert 0.35 < np.mean(np.searchsorted(idx, small)) / len(idx) < 0.65
+    np.testing.assert_array_equal(pick(100, train_subset="first"), idx[:100])
+    np.testing.assert_array_equal(pick(5000), idx)  # more than the split: all of it
+    np.testing.assert_array_equal(training_subset(idx, TrainConfig()), idx)
+    for bad in (dict(train_subset="lowest"), dict(max_train_structures=0)):
+        with pytest.raises(InputError):
+            TrainConfig.from_dict(bad)
+    # a checkpoint written before train_subset existed took the first N: resuming it with the
+    # new default is refused by name, resuming with "first" goes on
+    cfg = dict(CFG, max_epochs=1, max_train_structures=1)
+    out = tmp_path / "old"
+    train(fit_dataset, str(out), TrainConfig.from_dict(dict(cfg, train_subset="first")), progress=False)
+    ck = torch.load(out / "last.pt", weights_only=True)
+    del ck["train_config"]["train_subset"]
+    torch.save(ck, out / "last.pt")
+    with pytest.raises(MismatchError, match="train_subset"):
+        train(fit_dataset, str(out), TrainConfig.from_dict(cfg), progress=False)
+    summary = train(fit_dataset, str(out), TrainConfig.from_dict(dict(cfg, train_subset="first")), progress=False)
+    assert summary["epochs"] == 1
+
+
 def test_fine_tuning_starts_from_the_given_weights(fit_dataset, tmp_path, capsys):
     base = tmp_path / "base"
     train(fit_dataset, str(base), TrainConfig.from_dict(dict(CFG, max_epochs=2)), progress=False)
