@@ -25,7 +25,10 @@ Steps (every one resumable: rerun the same command after an interruption):
    from the training range (indices < 120000) and from the held-out range (>= 120000);
 2. density fitting onto the auxiliary basis (``fit-basis``; floors only for the test set);
 3. for every training-set size, a TCD and a DCD model with identical architecture, data
-   and hyperparameters (``train`` with ``target`` total / difference);
+   and hyperparameters (``train`` with ``target`` total / difference); a size below the
+   sample's trains on a seeded random subset of its training split, nested across sizes
+   (work folders from before 2026-12-06 took the first N by QM9 index: rerun those with
+   ``{"train_subset": "first"}`` in ``--config``);
 4. predictions on the held-out molecules and ``evaluate`` against the exact reference
    densities (level-3 Becke grid);
 5. a markdown table (mean / median eps_mae, the basis floor beside it, the fraction of
