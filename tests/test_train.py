@@ -179,7 +179,7 @@ def test_learning_curve_subsets_are_random_nested_and_resume_old_runs(fit_datase
     assert set(small) <= set(large)  # nested learning-curve points
     np.testing.assert_array_equal(small, pick(100))  # seeded
     assert not np.array_equal(small, pick(100, seed=1))
-    # uniform over the split, not its low end: mean position 0.5 (binomial sd 0.03 for 100)
+    # uniform over the split, not its low end: mean position 0.5 (sd about 0.03 for 100 picks)
     assert 0.35 < np.mean(np.searchsorted(idx, small)) / len(idx) < 0.65
     np.testing.assert_array_equal(pick(100, train_subset="first"), idx[:100])
     np.testing.assert_array_equal(pick(5000), idx)  # more than the split: all of it
