@@ -801,9 +801,13 @@ def _warm_start_model(config: TrainConfig, ds, mcfg):
         if mine.lower() != theirs.lower():
             raise MismatchError(f"{path}: trained on {key} {theirs!r}, {ds.path} has {mine!r}")
     if config.target == "difference":
-        theirs = json.loads(ck["saed"]) if ck.get("saed") else None
-        if theirs != json.loads(json.dumps(ds.saed_definition)):
-            raise MismatchError(f"{path}: its SAED differs from the one of {ds.path}")
+        from .saed import SAED
+
+        if not ck.get("saed"):
+            raise MismatchError(f"{path}: records no SAED, so it cannot start a Delta-SAED run on {ds.path}")
+        # to round-off: SAEDs computed on another machine differ in the last digits
+        SAED.from_definition(ck["saed"]).require_same(ds.saed, elements=ds.elements,
+                                                      context=f"{path} against {ds.path}")
     return model
 
 

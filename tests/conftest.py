@@ -90,6 +90,16 @@ def random_rotation(seed=0, improper=False):
     return -q if improper else q
 
 
+def reweighted(z: int, powers, exponents, weights, rel: float) -> np.ndarray:
+    """SAED weights changed by ``rel`` with alternating signs and rescaled to integrate to
+    ``z`` electrons again: a valid SAED that differs from the given one at about ``rel``."""
+    from densitylearn.saed import radial_integrals
+
+    p, b, w = (np.asarray(x, dtype=float) for x in (powers, exponents, weights))
+    w = w * (1.0 + rel * (-1.0) ** np.arange(w.size))
+    return w * (z / float((w * radial_integrals(p.astype(int), b)).sum()))
+
+
 def load_example(name: str):
     """Import ``examples/<name>.py`` as a module (the examples are scripts, not a package)."""
     import importlib.util

@@ -11,6 +11,7 @@ torch = pytest.importorskip("torch")
 
 from densitylearn import saed as S  # noqa: E402
 from densitylearn.errors import InputError, MismatchError  # noqa: E402
+from conftest import reweighted  # noqa: E402
 
 ELEMENTS = (1, 6, 7, 8, 9)
 
@@ -177,9 +178,15 @@ def test_definition_round_trip_and_hash(saed, cache_dir):
     with pytest.raises(MismatchError, match="functional"):
         saed.require_same(S.SAED("b3lyp", "def2-svp", {1: saed.terms(1)}), elements=[1])
     p, b, w = saed.terms(1)
-    other = S.SAED("pbe", "def2-svp", {1: (p, b, w * (1 + 1e-12))})
-    with pytest.raises(MismatchError, match="H"):
-        saed.require_same(other, elements=[1])
+    # round-off of an atomic SCF on another machine (about 1e-14) is the same SAED; a change
+    # of the weights at 1e-6 (or of the exponents, or of the powers) is not
+    saed.require_same(S.SAED("pbe", "def2-svp", {1: (p, b, w * (1 + 1e-12))}), elements=[1])
+    assert saed.same_terms(S.SAED("pbe", "def2-svp", {1: (p, b, w + 1e-14)}), 1)
+    for bad in ((p, b, reweighted(1, p, b, w, 1e-6)), (p, b * (1 + 1e-9), w)):
+        other = S.SAED("pbe", "def2-svp", {1: bad})
+        assert not saed.same_terms(other, 1)
+        with pytest.raises(MismatchError, match="H"):
+            saed.require_same(other, elements=[1])
     with pytest.raises((AttributeError, ValueError)):
         saed.terms(1)[2][0] = 0.0
     with pytest.raises(AttributeError):

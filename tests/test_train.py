@@ -9,6 +9,7 @@ import torch
 
 from densitylearn import cli
 from densitylearn.errors import InputError, MismatchError
+from conftest import reweighted
 from densitylearn.train import (TrainConfig, density_loss, load_checkpoint, model_from_checkpoint, train)
 
 TINY_MODEL = {"num_layers": 1, "hidden_irreps": "8x0e+4x1o+2x2e+2x3o+2x4e", "sh_lmax": 4, "embedding_dim": 8, "num_radial": 4,
@@ -221,6 +222,19 @@ def test_fine_tuning_starts_from_the_given_weights(fit_dataset, tmp_path, capsys
     with pytest.raises(MismatchError, match="cannot start a 'total' run"):
         train(fit_dataset, str(tmp_path / "t"), TrainConfig.from_dict(
             dict(tiny, target="total", init_from=str(base / "best.pt"))), progress=False)
+    # a checkpoint whose SAED differs from the data's by round-off (computed on another
+    # machine) starts the run; one whose SAED weights differ at 1e-6 does not
+    ck = load_checkpoint(str(base / "best.pt"))
+    for rel, name in ((1e-13, "roundoff.pt"), (1e-6, "other_saed.pt")):
+        d = json.loads(ck["saed"])
+        h = d["elements"]["1"]
+        h["weights"] = reweighted(1, h["powers"], h["exponents"], h["weights"], rel).tolist()
+        torch.save(dict(ck, saed=json.dumps(d)), tmp_path / name)
+    train(fit_dataset, str(tmp_path / "r"), TrainConfig.from_dict(dict(tiny, init_from=str(tmp_path / "roundoff.pt"))),
+          progress=False)
+    with pytest.raises(MismatchError, match="SAED terms differ for H"):
+        train(fit_dataset, str(tmp_path / "s"), TrainConfig.from_dict(
+            dict(tiny, init_from=str(tmp_path / "other_saed.pt"))), progress=False)
     other = dict(TINY_MODEL, embedding_dim=16)
     with pytest.raises(MismatchError, match="architecture differs"):
         train(fit_dataset, str(tmp_path / "a"), TrainConfig.from_dict(
