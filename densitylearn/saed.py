@@ -584,15 +584,6 @@ class SAED:
                 raise
             raise InputError(f"malformed SAED definition ({type(exc).__name__}: {exc})") from None
 
-    def element_hash(self, z) -> str:
-        """SHA-256 (full hex) of one element's terms together with xc and basis."""
-        z = as_atomic_number(z)
-        self.terms(z)
-        extra = {"pseudo": self.pseudo, "valence": self._valence[z]} if self.pseudo else {}
-        payload = json.dumps({"xc": self.xc, "basis": self.basis, "z": z, **self._element_def(z), **extra},
-                             sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(payload.encode()).hexdigest()
-
     @property
     def hash(self) -> str:
         """First 16 hex digits of the SHA-256 of the canonical JSON :meth:`definition`."""

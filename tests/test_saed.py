@@ -179,7 +179,7 @@ def test_definition_round_trip_and_hash(saed, cache_dir):
         saed.require_same(S.SAED("b3lyp", "def2-svp", {1: saed.terms(1)}), elements=[1])
     p, b, w = saed.terms(1)
     # round-off of an atomic SCF on another machine (about 1e-14) is the same SAED; a change
-    # of the weights at 1e-6 (or of the exponents, or of the powers) is not
+    # of the weights at 1e-6 (count kept) or of the exponents at 1e-9 is not
     saed.require_same(S.SAED("pbe", "def2-svp", {1: (p, b, w * (1 + 1e-12))}), elements=[1])
     assert saed.same_terms(S.SAED("pbe", "def2-svp", {1: (p, b, w + 1e-14)}), 1)
     for bad in ((p, b, reweighted(1, p, b, w, 1e-6)), (p, b * (1 + 1e-9), w)):
