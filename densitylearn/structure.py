@@ -337,8 +337,12 @@ def _qm9_data_dir() -> str:
 
 
 def parse_index_range(text: str) -> list[int]:
-    """Parse ``"1-100,120000-120049,7"`` into a sorted list of ints (ranges inclusive)."""
-    out: set[int] = set()
+    """Parse ``"1-100,120000-120049,7"`` into a list of ints (ranges inclusive).
+
+    The order is the order written (repeats dropped), so that a long job over a seeded
+    random sample finishes a random part of it first, not the lowest indices.
+    """
+    out: dict[int, None] = {}
     for part in text.split(","):
         part = part.strip()
         if not part:
@@ -346,12 +350,12 @@ def parse_index_range(text: str) -> list[int]:
         try:
             if "-" in part:
                 a, b = part.split("-", 1)
-                out.update(range(int(a), int(b) + 1))
+                out.update(dict.fromkeys(range(int(a), int(b) + 1)))
             else:
-                out.add(int(part))
+                out[int(part)] = None
         except ValueError:
             raise InputError(f"cannot parse QM9 index range {text!r}") from None
-    return sorted(out)
+    return list(out)
 
 
 def qm9_structures(indices) -> list[Structure]:
@@ -359,9 +363,12 @@ def qm9_structures(indices) -> list[Structure]:
 
     Geometries (B3LYP/6-31G(2df,p), Angstrom in the CSV) come from the ``qm9pack``
     package. Indices >= :data:`QM9_HELDOUT_START` are the held-out evaluation range.
-    Missing indices raise :class:`InputError`.
+    Missing indices raise :class:`InputError`. The molecules come in the order of
+    ``indices`` (repeats dropped): ``densitylearn compute`` works through them in that
+    order, so an interrupted run over a random sample has computed a random part of it.
     """
-    wanted = set(int(i) for i in indices)
+    order = list(dict.fromkeys(int(i) for i in indices))
+    wanted = set(order)
     found: dict[int, Structure] = {}
     folder = _qm9_data_dir()
     csv.field_size_limit(1 << 30)
@@ -386,7 +393,7 @@ def qm9_structures(indices) -> list[Structure]:
     if missing:
         raise InputError(f"QM9 indices not in the dataset: {missing[:10]}"
                          + (" ..." if len(missing) > 10 else ""))
-    return [found[i] for i in sorted(wanted)]
+    return [found[i] for i in order]
 
 
 # ---------------------------------------------------------------------------- chkfiles

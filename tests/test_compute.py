@@ -249,6 +249,19 @@ def test_qm9_range(tmp_path, capsys):
     assert np.trace(ref.dm @ ref.mol.intor("int1e_ovlp")) == pytest.approx(10.0, abs=1e-8)
 
 
+def test_qm9_selection_keeps_the_requested_order():
+    """A seeded random sample is computed in its own order (an interrupted run then holds a
+    random part of it, not the lowest indices); repeats are dropped."""
+    from densitylearn.structure import parse_index_range, qm9_structures
+
+    assert parse_index_range("7,3-5,4,1") == [7, 3, 4, 5, 1]
+    if importlib.util.find_spec("qm9pack") is None:
+        pytest.skip("qm9pack not installed")
+    mols = qm9_structures([5, 2, 9, 2])
+    assert [m.name for m in mols] == ["qm9_000005", "qm9_000002", "qm9_000009"]
+    assert [len(m.numbers) for m in mols] == [3, 4, 7]  # HCN, ammonia, a 7-atom molecule
+
+
 def test_no_inputs_is_an_error(tmp_path, capsys):
     rc, _, err = _main(capsys, "--out", str(tmp_path / "o"))
     assert rc == 2 and "--qm9" in err
