@@ -12,7 +12,8 @@ Usage::
 ``--max-train``/``--max-test`` keep the first K/M molecules of the seeded samples (same
 molecules as a longer run with the same ``--train``/``--test``, so a run can grow).
 ``--enrich F:30`` adds 30 seeded training-range molecules that contain F (a uniform sample
-of a few hundred holds almost none, and a model refuses elements it never saw).
+of a few hundred holds almost none, and a model refuses elements it never saw);
+``--enrich F:30,N3:40`` also adds 40 with at least three N atoms.
 ``--export DIR`` writes the TCD and DCD models of the largest size as slim model files
 (``qm9-tcd.pt``, ``qm9-dcd.pt``) with a model card holding the held-out results; these are
 the files shipped in ``densitylearn/pretrained``. ``--init-from DIR`` fine-tunes: each run
@@ -75,14 +76,17 @@ def existing(indices, n):
 
 
 def enrichment(spec: str | None, seed: int, exclude) -> list[int]:
-    """``X:K[,Y:L]``: K seeded random training-range QM9 molecules that contain element X.
+    """``X:K[,Y:L]``: K seeded random training-range QM9 molecules that contain element X;
+    ``Xm:K`` (e.g. ``N3:40``) those with at least m atoms of X.
 
     A uniform sample of a few hundred QM9 molecules holds almost no fluorine (1.5 % of
-    QM9 contains F), so a model trained on it refuses every held-out F molecule. These
+    QM9 contains F), so a model trained on it refuses every held-out F molecule; and
+    almost no molecules with three or more N atoms (6 % of the training range). These
     extra molecules come from the training range only and are added to the training set.
     """
     import ast
     import csv
+    from collections import Counter
 
     from densitylearn.structure import QM9_HELDOUT_START, _qm9_data_dir
 
@@ -92,12 +96,13 @@ def enrichment(spec: str | None, seed: int, exclude) -> list[int]:
     rows = []
     for f in sorted(glob.glob(os.path.join(_qm9_data_dir(), "qm9_part*.csv"))):
         with open(f, newline="") as fh:
-            rows += [(int(r["Index"]), set(ast.literal_eval(r["Elements"]))) for r in csv.DictReader(fh)]
+            rows += [(int(r["Index"]), Counter(ast.literal_eval(r["Elements"]))) for r in csv.DictReader(fh)]
     rows.sort()
     taken, out = set(exclude), []
     for k, part in enumerate(spec.split(",")):
-        element, count = part.split(":")
-        pool = [i for i, els in rows if element in els and i < QM9_HELDOUT_START and i not in taken]
+        what, count = part.split(":")
+        element, least = what.rstrip("0123456789"), int(what.lstrip("HCNOF") or 1)
+        pool = [i for i, els in rows if els[element] >= least and i < QM9_HELDOUT_START and i not in taken]
         rng = np.random.default_rng(seed + 100 + k)
         pick = rng.choice(pool, size=min(int(count), len(pool)), replace=False).tolist()
         taken.update(pick)
@@ -106,14 +111,17 @@ def enrichment(spec: str | None, seed: int, exclude) -> list[int]:
 
 
 def enrich_spec(spec: str) -> str:
-    """argparse type of ``--enrich``: ``X:K[,Y:L]`` with QM9 elements and counts >= 1."""
+    """argparse type of ``--enrich``: ``X:K[,Y:L]`` or ``Xm:K`` (at least m atoms of X) with QM9
+    elements, m >= 1 and counts K >= 1."""
     import argparse
+    import re
 
     for part in spec.split(","):
-        element, _, count = part.partition(":")
-        if element not in ("H", "C", "N", "O", "F") or not count.isdigit() or int(count) < 1:
-            raise argparse.ArgumentTypeError(f"{part!r}: expected ELEMENT:COUNT with a QM9 element "
-                                             "(H C N O F) and a count >= 1, e.g. F:30")
+        m = re.fullmatch(r"([HCNOF])([1-9][0-9]*)?:([0-9]+)", part)
+        if not m or int(m.group(3)) < 1:
+            raise argparse.ArgumentTypeError(f"{part!r}: expected ELEMENT:COUNT or ELEMENTm:COUNT with a QM9 "
+                                             "element (H C N O F), m >= 1 atoms of it and a count >= 1, "
+                                             "e.g. F:30 or N3:40")
     return spec
 
 
@@ -222,7 +230,8 @@ def main():
     p.add_argument("--max-train", type=int, default=None, help="use the first K molecules of the training sample")
     p.add_argument("--max-test", type=int, default=None, help="use the first M molecules of the held-out sample")
     p.add_argument("--enrich", default=None, type=enrich_spec,
-                   help="X:K adds K seeded training-range molecules containing element X (e.g. F:30)")
+                   help="X:K adds K seeded training-range molecules containing element X (e.g. F:30); "
+                        "Xm:K those with at least m atoms of X (e.g. N3:40); comma-separated")
     p.add_argument("--parallel", action="store_true", help="train TCD and DCD at once, one process each")
     p.add_argument("--init-from", default=None, metavar="DIR",
                    help="fine-tune: start from DIR/qm9-tcd.pt and DIR/qm9-dcd.pt instead of fresh weights")

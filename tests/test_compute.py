@@ -349,3 +349,36 @@ def test_model_guess_bad_input_one_line_exit_2(case, tmp_path, capsys):
               "periodic": "closed-shell", "override_alone": "--guess MODEL"}[case]
     assert expect in lines[0]
     assert not out.exists() or not os.listdir(out)
+
+
+def _qm9_benchmark_script():
+    spec = importlib.util.spec_from_file_location(
+        "qm9_delta_saed_benchmark", os.path.join(os.path.dirname(__file__), "..", "examples",
+                                                 "qm9_delta_saed_benchmark.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_qm9_enrichment_by_element_count():
+    """``--enrich``: ``F:30`` draws molecules with F, ``N3:K`` those with at least 3 N; an
+    added part never changes the draw before it (the shipped models' F:30 stays the same)."""
+    import argparse
+
+    bench = _qm9_benchmark_script()
+    assert bench.enrich_spec("F:30,N3:4") == "F:30,N3:4"
+    for bad in ("N0:3", "X:3", "N3:0", "N3", "N:", "n3:4"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            bench.enrich_spec(bad)
+    if importlib.util.find_spec("qm9pack") is None:
+        pytest.skip("qm9pack not installed")
+    from densitylearn.structure import QM9_HELDOUT_START, qm9_structures
+
+    exclude = list(range(1, 3000, 7))
+    f_only = bench.enrichment("F:5", 0, exclude)
+    both = bench.enrichment("F:5,N3:6", 0, exclude)
+    assert both[:5] == f_only and len(both) == 11 and len(set(both)) == 11
+    assert all(i < QM9_HELDOUT_START and i not in exclude for i in both)
+    mols = qm9_structures(both)
+    assert all(9 in m.numbers for m in mols[:5])
+    assert all(int(np.sum(m.numbers == 7)) >= 3 for m in mols[5:])
