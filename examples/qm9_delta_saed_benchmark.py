@@ -99,9 +99,7 @@ def enrichment(spec: str | None, seed: int, exclude) -> list[int]:
             rows += [(int(r["Index"]), Counter(ast.literal_eval(r["Elements"]))) for r in csv.DictReader(fh)]
     rows.sort()
     taken, out = set(exclude), []
-    for k, part in enumerate(spec.split(",")):
-        what, count = part.split(":")
-        element, least = what.rstrip("0123456789"), int(what.lstrip("HCNOF") or 1)
+    for k, (element, least, count) in enumerate(enrich_parts(spec)):
         pool = [i for i, els in rows if els[element] >= least and i < QM9_HELDOUT_START and i not in taken]
         rng = np.random.default_rng(seed + 100 + k)
         pick = rng.choice(pool, size=min(int(count), len(pool)), replace=False).tolist()
@@ -110,18 +108,29 @@ def enrichment(spec: str | None, seed: int, exclude) -> list[int]:
     return out
 
 
-def enrich_spec(spec: str) -> str:
-    """argparse type of ``--enrich``: ``X:K[,Y:L]`` or ``Xm:K`` (at least m atoms of X) with QM9
-    elements, m >= 1 and counts K >= 1."""
-    import argparse
+def enrich_parts(spec: str) -> list[tuple[str, int, int]]:
+    """``X:K[,Ym:L]`` -> [(element, at least this many atoms of it, molecules), ...]; QM9
+    elements, m >= 1 and counts >= 1, else ValueError naming the part."""
     import re
 
+    parts = []
     for part in spec.split(","):
         m = re.fullmatch(r"([HCNOF])([1-9][0-9]*)?:([0-9]+)", part)
         if not m or int(m.group(3)) < 1:
-            raise argparse.ArgumentTypeError(f"{part!r}: expected ELEMENT:COUNT or ELEMENTm:COUNT with a QM9 "
-                                             "element (H C N O F), m >= 1 atoms of it and a count >= 1, "
-                                             "e.g. F:30 or N3:40")
+            raise ValueError(f"{part!r}: expected ELEMENT:COUNT or ELEMENTm:COUNT with a QM9 element "
+                             "(H C N O F), m >= 1 atoms of it and a count >= 1, e.g. F:30 or N3:40")
+        parts.append((m.group(1), int(m.group(2) or 1), int(m.group(3))))
+    return parts
+
+
+def enrich_spec(spec: str) -> str:
+    """argparse type of ``--enrich``: ``X:K[,Y:L]`` or ``Xm:K`` (at least m atoms of X)."""
+    import argparse
+
+    try:
+        enrich_parts(spec)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
     return spec
 
 
