@@ -69,7 +69,7 @@ class TrainConfig:
     #: last one. On a CPU the grid validation can cost as much as the epoch's training steps.
     val_every: int = 1
     val_fraction: float = 0.1
-    val_structures: int = 16        #: validation structures evaluated on a grid at each validation
+    val_structures: int = 16        #: validation structures scored on a grid at each validation (spread over the split)
     val_grid_level: int = 2
     seed: int = 0
     #: read the whole coefficient file into memory before training (about 40 KB per QM9
@@ -175,6 +175,18 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, n
     if n - n_val < 1:
         raise InputError(f"dataset has {n} structure(s): too few for a training and a validation split")
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def grid_validation_subset(val_idx: np.ndarray, n: int) -> np.ndarray:
+    """The ``n`` validation structures scored on a grid at each validation: spread evenly
+    over the sorted validation split, first and last included (all of it when ``n`` is not
+    smaller). The first ``n`` would all come from the first input of a merged dataset
+    (``densitylearn merge`` keeps the input order), so fine-tuning on old plus new data
+    would select checkpoints on old molecules only."""
+    val_idx = np.asarray(val_idx)
+    if n >= len(val_idx):
+        return val_idx
+    return val_idx[np.round(np.linspace(0, len(val_idx) - 1, max(1, n))).astype(int)]
 
 
 def training_subset(train_idx: np.ndarray, config: TrainConfig) -> np.ndarray:
@@ -683,8 +695,13 @@ def train(data_path: str, out_dir: str, config: TrainConfig = TrainConfig(), pro
     gds = G.GraphDataset(ds, config.target)
     metric_cache = MetricCache(ds.basis, config.loss) if config.loss != "mse" else None
     val_ds = [gds[int(i)] for i in val_idx]
-    validator = GridValidator(ds, val_idx[:config.val_structures], config.target, config.val_grid_level) \
-        if rank == 0 else None
+    if resume is not None and "grid_val" in resume:  # a resumed run keeps the structures it validated on
+        grid_val = np.asarray(resume["grid_val"], dtype=int)
+    elif resume is not None:  # checkpoints without grid_val validated on the first val_structures
+        grid_val = val_idx[:config.val_structures]
+    else:
+        grid_val = grid_validation_subset(val_idx, config.val_structures)
+    validator = GridValidator(ds, grid_val, config.target, config.val_grid_level) if rank == 0 else None
 
     def batch_loss(records, idx, train_mode: bool):
         batch = G.to_device(gds.collate(records), device)
@@ -758,6 +775,7 @@ def train(data_path: str, out_dir: str, config: TrainConfig = TrainConfig(), pro
                                           train_idx, val_idx)
             payload["time_spent_s"] = spent()
             payload["last_validated"] = last_validated
+            payload["grid_val"] = torch.as_tensor(grid_val)
             if improved:
                 save_checkpoint(best_path, payload)
             save_checkpoint(last_path, payload)

@@ -40,6 +40,8 @@ def test_training_writes_safe_checkpoints_and_logs(fit_dataset, tmp_path):
     assert all(np.isfinite(x["val_eps_mae"]) and x["val_reference"] == "dft" for x in lines)
     ck = torch.load(out / "last.pt", weights_only=True)  # plain types and tensors only
     assert ck["model"]["target"] == "difference" and ck["saed"]
+    # the grid-validated structures are recorded, so that a resumed run keeps them
+    assert ck["grid_val"].tolist() == ck["split"]["val"].tolist()[:1]
     model = model_from_checkpoint(str(out / "best.pt"))
     from densitylearn.data import CoefficientDataset
 
@@ -69,6 +71,17 @@ def test_killed_run_resumes_as_if_never_stopped(fit_dataset, tmp_path):
     for k in a["state_dict"]:
         torch.testing.assert_close(a["state_dict"][k], b["state_dict"][k], rtol=tol, atol=tol)
         torch.testing.assert_close(a["ema_state_dict"][k], b["ema_state_dict"][k], rtol=tol, atol=tol)
+
+
+def test_grid_validation_is_spread_over_the_validation_split():
+    from densitylearn.train import grid_validation_subset
+
+    val = np.arange(10, 30)  # a sorted validation split; a merged dataset's newest part comes last
+    assert grid_validation_subset(val, 4).tolist() == [10, 16, 23, 29]
+    assert grid_validation_subset(val, 1).tolist() == [10]
+    assert grid_validation_subset(val, 20).tolist() == grid_validation_subset(val, 50).tolist() == val.tolist()
+    for n in range(1, 21):  # distinct structures, as many as asked for
+        assert len(set(grid_validation_subset(val, n).tolist())) == n
 
 
 def test_validation_every_few_epochs_and_after_the_last(fit_dataset, tmp_path):
