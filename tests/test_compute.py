@@ -367,7 +367,10 @@ def test_qm9_enrichment_by_element_count():
 
     bench = _qm9_benchmark_script()
     assert bench.enrich_spec("F:30,N3:4") == "F:30,N3:4"
-    for bad in ("N0:3", "X:3", "N3:0", "N3", "N:", "n3:4"):
+    assert bench.enrich_spec("F:30,NO2:20") == "F:30,NO2:20"
+    assert bench.nitro_groups("O=N(=O)C1=CC=CO1") == bench.nitro_groups("NC1=NOC(=C1)N(=O)=O") == 1
+    assert bench.nitro_groups("CC(=O)N=O") == bench.nitro_groups("O=NC=O") == 0  # nitroso, amide: not nitro
+    for bad in ("N0:3", "X:3", "N3:0", "N3", "N:", "n3:4", "NO:3", "NO2:0"):
         with pytest.raises(argparse.ArgumentTypeError):
             bench.enrich_spec(bad)
     if importlib.util.find_spec("qm9pack") is None:
@@ -382,3 +385,11 @@ def test_qm9_enrichment_by_element_count():
     mols = qm9_structures(both)
     assert all(9 in m.numbers for m in mols[:5])
     assert all(int(np.sum(m.numbers == 7)) >= 3 for m in mols[5:])
+    # nitro compounds: the training range has 21 of QM9's 139; NO2:K draws among them
+    nitro = bench.enrichment("F:5,N3:6,NO2:30", 0, exclude)
+    assert nitro[:11] == both and len(nitro) == 11 + 21 and max(nitro) < QM9_HELDOUT_START
+    for m in qm9_structures(nitro[11:]):  # an N bonded to two terminal O atoms (distances in bohr)
+        d = np.linalg.norm(m.positions[:, None] - m.positions[None], axis=-1)
+        bonded = (d > 0) & (d < 2.6)
+        assert any(sum(m.numbers[j] == 8 and bonded[j].sum() == 1 for j in np.where(bonded[i])[0]) == 2
+                   for i in np.where(m.numbers == 7)[0])
