@@ -186,7 +186,7 @@ def grid_validation_subset(val_idx: np.ndarray, n: int) -> np.ndarray:
     val_idx = np.asarray(val_idx)
     if n >= len(val_idx):
         return val_idx
-    return val_idx[np.round(np.linspace(0, len(val_idx) - 1, max(1, n))).astype(int)]
+    return val_idx[np.round(np.linspace(0, len(val_idx) - 1, n)).astype(int)]
 
 
 def training_subset(train_idx: np.ndarray, config: TrainConfig) -> np.ndarray:
