@@ -227,6 +227,31 @@ def test_screened_aux_density_equals_unscreened(system, fits, xc):
     assert n_grid == pytest.approx(float(aux_moments(density.auxmol)[0] @ density.c), abs=2e-3)
 
 
+@pytest.mark.parametrize("xctype", ["GGA", "LDA"])
+def test_block_diagonal_saed_on_the_grid_equals_pyscf_eval_rho(system, xctype):
+    # the SAED density matrix is atom-block-diagonal: its density is evaluated block by block
+    from pyscf.dft import gen_grid, numint
+
+    from densitylearn.properties import _InputDensity
+
+    _, mol, mf, dm_saed = system
+    density = _InputDensity(mol, dm_part=dm_saed)
+    assert density.atom_blocks == [(p0, p1) for _, _, p0, p1 in mol.aoslice_by_atom()]
+    assert _InputDensity(mol, dm_part=mf.make_rdm1()).atom_blocks is None  # a full dm keeps PySCF's path
+    ni = numint.NumInt()
+    grids = gen_grid.Grids(mol)
+    grids.level = GRID
+    grids.build(with_non0tab=True)
+    deriv, ncomp, n = (1, 4, 0) if xctype == "GGA" else (0, 1, 0)
+    for ao, mask, _, coords in ni.block_loop(mol, grids, mol.nao, deriv, max_memory=1):
+        ref = np.asarray(ni.eval_rho(mol, ao, dm_saed, mask, xctype, hermi=1)).reshape(ncomp, -1)
+        got = density.on_grid(ni, ao, mask, coords, xctype, max_memory_mb=1.0)
+        assert got.shape == ref.shape
+        assert np.abs(got - ref).max() < 1e-10 * max(1.0, np.abs(ref).max())
+        n += 1
+    assert n > 1  # several grid blocks were compared
+
+
 def test_density_fitted_saed_coulomb_is_close_to_exact(system, fits):
     # the guess's shortcut: the SAED's Coulomb potential fitted onto the auxiliary basis
     # instead of the four-centre build changes the Harris Fock matrix only slightly
