@@ -569,3 +569,32 @@ def test_scf_guess_benchmark_with_prescf_on_methane(tmp_path, capsys):
     assert len(e) == 1, e
     with pytest.raises(SystemExit):
         mod.main(["--models", "qm9-dcd", "--indices", "1-x"])
+
+
+def test_scf_guess_benchmark_repeat_counts_the_fastest_run(tmp_path, capsys):
+    """--repeat 2: every (molecule, guess) runs twice, interleaved; the summary takes the fastest."""
+    import importlib.util
+    import json
+
+    if importlib.util.find_spec("qm9pack") is None:
+        pytest.skip("qm9pack not installed")
+
+    from conftest import load_example
+
+    mod = load_example("benchmark_scf_guess")
+    out = tmp_path / "scf.json"
+    assert mod.main(["--models", "qm9-dcd", "--indices", "1", "--grid-level", "1", "--repeat", "2",
+                     "--json", str(out)]) == 0
+    assert "fastest of 2 runs each" in capsys.readouterr().out
+    report = json.load(open(out))
+    assert report["settings"]["repeat"] == 2
+    labels = {r["label"] for r in report["runs"]}
+    assert len(labels) == 4
+    for label in labels:
+        runs = [r for r in report["runs"] if r["label"] == label]
+        assert sorted(r["repeat"] for r in runs) == [0, 1]
+        assert len({r["iterations"] for r in runs}) == 1  # deterministic
+        fastest = min(r["wall_s"] + r["guess_s"] + r["prediction_s"] for r in runs)
+        assert report["summary"][label]["mean_wall_s"] == pytest.approx(fastest)
+    with pytest.raises(SystemExit):
+        mod.main(["--models", "qm9-dcd", "--indices", "1", "--repeat", "0"])
