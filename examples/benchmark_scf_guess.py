@@ -23,7 +23,8 @@ grid, ``conv_tol`` 1e-7, DIIS from cycle 0) and the full SCF starts from that de
 pre-SCF's cycles are reported beside the SCF's and its time is added to the wall time.
 ``--indices`` takes QM9 indices (e.g. ``65802,31164``) instead of the held-out sample.
 ``--repeat K`` runs every (molecule, guess) K times, the repeats interleaved, and counts the
-fastest of each (prediction and guess re-timed each time; the iterations do not change):
+fastest of each (the guess is re-timed each time, the batched prediction is timed once;
+the iterations do not change):
 on a shared or virtual machine single SCF timings scatter by 10-40 %.
 
 It prints per-molecule iterations and a summary table: mean iterations, mean wall time and
