@@ -24,8 +24,8 @@ pre-SCF's cycles are reported beside the SCF's and its time is added to the wall
 ``--indices`` takes QM9 indices (e.g. ``65802,31164``) instead of the held-out sample.
 ``--repeat K`` runs every (molecule, guess) K times, the repeats interleaved, and counts the
 fastest of each (the guess is re-timed each time, the batched prediction is timed once;
-the iterations do not change):
-on a shared or virtual machine single SCF timings scatter by 10-40 %.
+the iterations do not change): on a shared or virtual machine single SCF timings scatter
+by 10-40 %.
 
 It prints per-molecule iterations and a summary table: mean iterations, mean wall time and
 the reductions against minao with PySCF's defaults (issue 6's goals: >= 50 % fewer
@@ -36,6 +36,7 @@ within one run on an otherwise idle machine.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 import time
@@ -108,7 +109,6 @@ def main(argv=None) -> int:
     rows = {}
     report = {"molecules": [s.label for s in structures],
               "settings": {**scf, "xc": xc, "basis": basis, "repeat": args.repeat}, "runs": []}
-    repeat = [0]
 
     def add(label, name, run, extra_s=0.0, pre=None):
         pre_cycles, pre_s = (pre[2], pre[1]) if pre else (0, 0.0)
@@ -116,7 +116,7 @@ def main(argv=None) -> int:
         best = rows.setdefault(label, {}).get(name)
         if best is None or row[1] < best[1]:
             rows[label][name] = row
-        report["runs"].append({"label": label, "molecule": name, "repeat": repeat[0], **run.record(),
+        report["runs"].append({"label": label, "molecule": name, "repeat": rep, **run.record(),
                                "prediction_s": extra_s, "pre_scf_cycles": pre_cycles, "pre_scf_s": pre_s,
                                "pre_scf_converged": pre[3] if pre else None})
 
@@ -132,9 +132,8 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         preds[m] = predictor.predict(structures)
         pred_s[m] = (time.perf_counter() - t0) / len(structures)
-    for k, rep in ((k, rep) for k in range(len(structures)) for rep in range(args.repeat)):
+    for k, rep in itertools.product(range(len(structures)), range(args.repeat)):  # add() reads rep
         s = structures[k]
-        repeat[0] = rep
         mol = s.to_pyscf(basis=basis)
         line = [f"{s.label} ({len(s)} atoms)" + (f" repeat {rep + 1}/{args.repeat}" if args.repeat > 1 else "")]
         for dsc in (None, 0):
