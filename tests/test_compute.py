@@ -393,3 +393,44 @@ def test_qm9_enrichment_by_element_count():
         bonded = (d > 0) & (d < 2.6)
         assert any(sum(m.numbers[j] == 8 and bonded[j].sum() == 1 for j in np.where(bonded[i])[0]) == 2
                    for i in np.where(m.numbers == 7)[0])
+
+
+def test_qm9_dimers_are_rigid_non_covalent_pairs():
+    """examples/qm9_dimers.py: each dimer is two rigid QM9 monomers, every contact at >= 0.7 of
+    the van der Waals sum except the one H...acceptor pair of an H-bond placement (1.75-2.5
+    Angstrom from a polar H to N/O/F); the draw is seeded and a longer one extends a shorter."""
+    if importlib.util.find_spec("qm9pack") is None:
+        pytest.skip("qm9pack not installed")
+    from ase.data import chemical_symbols
+
+    from densitylearn.structure import ANGSTROM_BOHR, qm9_structures
+
+    from conftest import load_example
+
+    dim = load_example("qm9_dimers")
+    idx = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25]
+    pool = {int(m.source.split(":")[1]): ([chemical_symbols[z] for z in m.numbers], m.positions / ANGSTROM_BOHR)
+            for m in qm9_structures(idx)}
+    long = dim.make_dimers(30, 3, pool)
+    short = dim.make_dimers(12, 3, pool)
+    for (s1, x1, i1), (s2, x2, i2) in zip(short, long):
+        assert s1 == s2 and i1 == i2 and np.array_equal(x1, x2)
+    assert {info["mode"] for _, _, info in long} == {"hbond", "centroid", "random"}
+    for sym, x, info in long:
+        sa, xa = pool[info["qm9_a"]]
+        sb, xb = pool[info["qm9_b"]]
+        na = len(sa)
+        assert sym == sa + sb
+        for x0, xm in ((xa, x[:na]), (xb, x[na:])):  # rigid: internal distances unchanged
+            d0 = np.linalg.norm(x0[:, None] - x0[None], axis=-1)
+            d1 = np.linalg.norm(xm[:, None] - xm[None], axis=-1)
+            assert np.allclose(d0, d1, atol=1e-8)
+        sc = dim.contact_scales(sa, x[:na], sb, x[na:])
+        assert np.isclose(sc.min(), info["min_contact_scale"], atol=1e-3)
+        if info["mode"] == "hbond":
+            d = np.linalg.norm(x[:na, None] - x[None, na:], axis=-1)
+            hb = [(i, j) for i in dim.polar_h(sa, x[:na]) for j, s in enumerate(sb)
+                  if s in ("N", "O", "F") and 1.75 - 1e-6 <= d[i, j] <= 2.5 + 1e-6]
+            assert hb
+            sc[tuple(np.array(hb).T)] = np.inf
+        assert sc.min() >= dim.MIN_OTHER_SCALE - 1e-9
