@@ -1,4 +1,5 @@
-"""Crash-safe file writing shared by every writer in the package."""
+"""Crash-safe file writing shared by every writer in the package, and pool workers that end with
+their parent."""
 
 from __future__ import annotations
 
@@ -50,3 +51,25 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     if n < 1 or not 0 <= i < n:
         raise InputError(f"--shard {text}: need 0 <= i < n")
     return i, n
+
+
+def exit_with_parent(parent: int, poll_s: float = 0.5) -> None:
+    """Make this (worker) process end as soon as process ``parent`` is gone.
+
+    The workers of a process pool outlive a parent that is killed (``kill``, a job
+    scheduler's SIGTERM or SIGKILL) and would go on computing for nobody, holding the
+    cores a restarted run needs. Used as a pool initializer with the pool owner's pid
+    (``initargs=(os.getpid(), ...)``, not ``os.getppid()`` here: the parent may already be
+    gone when a spawned worker starts): a daemon thread polls this process's parent pid and
+    exits once the worker has been re-parented. Results are written atomically, so an
+    interrupted task leaves nothing half-written.
+    """
+    import threading
+    import time
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="densitylearn-exit-with-parent").start()

@@ -220,7 +220,9 @@ def fit_basis(chks, out: str, settings: FitSettings = FitSettings(), workers: in
     else:
         import multiprocessing as mp
 
-        pool = mp.get_context("spawn").Pool(workers)
+        from densitylearn.io_utils import exit_with_parent
+
+        pool = mp.get_context("spawn").Pool(workers, initializer=exit_with_parent, initargs=(os.getpid(),))
         results = pool.imap_unordered(_task, jobs)
     try:
         for chk, part, err in results:

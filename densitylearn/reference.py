@@ -756,7 +756,10 @@ def read_inputs(paths, charge: int | None = None, spin: int | None = None) -> li
     return out
 
 
-def _worker_init(n_threads: int) -> None:
+def _worker_init(n_threads: int, parent: int) -> None:
+    from densitylearn.io_utils import exit_with_parent
+
+    exit_with_parent(parent)
     from pyscf import lib
 
     lib.num_threads(max(1, n_threads))
@@ -920,7 +923,7 @@ def compute_references(structures, out_dir: str, xc: str = DEFAULT_XC,
             # spawn: forking a process that already ran OpenMP code can deadlock
             with ProcessPoolExecutor(max_workers=min(workers, len(todo)),
                                      mp_context=mp.get_context("spawn"),
-                                     initializer=_worker_init, initargs=(n_threads,)) as pool:
+                                     initializer=_worker_init, initargs=(n_threads, os.getpid())) as pool:
                 futures = {pool.submit(compute_one, s, out_dir, **kwargs): s for s in todo}
                 try:
                     for fut in as_completed(futures):

@@ -434,3 +434,88 @@ def test_qm9_dimers_are_rigid_non_covalent_pairs():
             assert hb
             sc[tuple(np.array(hb).T)] = np.inf
         assert sc.min() >= dim.MIN_OTHER_SCALE - 1e-9
+
+
+def _descendants(pid: int) -> list[int]:
+    """Live (non-zombie) descendants of ``pid`` from /proc."""
+    kids: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] != "Z":
+                kids.setdefault(int(fields[1]), []).append(int(d))
+    out, todo = [], [pid]
+    while todo:
+        for c in kids.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name, None for a gone or zombie process."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            f = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if f[0] == "Z" else f
+
+
+def _cpu_seconds(pid: int) -> float:
+    f = _proc_stat(pid)
+    return 0.0 if f is None else (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc")
+def test_killed_compute_takes_its_workers_along(tmp_path):
+    """``densitylearn compute --workers 2`` killed with SIGKILL mid-SCF: its pool workers end
+    too (they would otherwise finish their SCFs for nobody, holding the cores a restarted run
+    needs), and no chkfile appears after the kill."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import ase.io
+    from ase.build import molecule
+
+    frames = []
+    for k in range(4):
+        m = molecule("CH3CH2OH")
+        m.positions[0, 0] += 0.01 * k
+        frames.append(m)
+    ase.io.write(tmp_path / "eth.xyz", frames)
+    out = tmp_path / "refs"
+    code = "import sys; from densitylearn import cli; sys.exit(cli.main(sys.argv[1:]))"
+    proc = subprocess.Popen([sys.executable, "-c", code, "compute", str(tmp_path / "eth.xyz"), "--out", str(out),
+                             "--basis", "def2-tzvp", "--workers", "2", "--no-progress"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: list[int] = []
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:  # both workers past their imports and into an SCF
+            busy = [p for p in _descendants(proc.pid) if _cpu_seconds(p) > 6.0]
+            if len(busy) >= 2 or proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None and len(busy) >= 2, "the workers never got busy"
+        workers = _descendants(proc.pid)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        t_kill = time.time()
+        while time.time() < t_kill + 60 and any(_proc_stat(p) is not None for p in workers):
+            time.sleep(0.2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    alive = [p for p in workers if _proc_stat(p) is not None]
+    for p in alive:
+        os.kill(p, signal.SIGKILL)
+    assert not alive, f"pool workers {alive} outlived the killed parent"
+    late = [f for f in (os.listdir(out) if out.exists() else []) if f.endswith(".chk") and os.path.getmtime(out / f) > t_kill + 0.5]
+    assert not late, f"chkfiles written after the kill: {late}"
