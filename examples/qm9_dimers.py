@@ -1,4 +1,5 @@
-"""Random non-covalent dimers of training-range QM9 molecules, for intermolecular training data.
+"""Random non-covalent dimers of training-range QM9 molecules, for intermolecular training data
+============================================================================================
 
 QM9 holds single molecules only, so a model trained on it has never seen one molecule's
 density polarised by a neighbour at contact distance. The HOMO-LUMO gaps of the S22
