@@ -23,10 +23,13 @@ def test_shipped_pair_is_a_controlled_comparison():
     assert (dcd.xc, dcd.orbital_basis) == (tcd.xc, tcd.orbital_basis) == ("pbe", "def2-svp")
     dt, tt = d["training_dataset"], t["training_dataset"]
     assert dt["n"] == tt["n"] and dt["path"] == tt["path"]
-    # the same molecules, all from the training range: the held-out range is never trained on
+    # the same structures, all from the training range: the held-out range is never trained on
+    # (single QM9 molecules by index, and dimers of two QM9 molecules by their two indices)
     idx_d, idx_t = d["card"]["training_indices"], t["card"]["training_indices"]
-    assert idx_d == idx_t and len(idx_d) == dt["n"]
+    dim_d, dim_t = d["card"].get("training_dimers", []), t["card"].get("training_dimers", [])
+    assert idx_d == idx_t and dim_d == dim_t and len(idx_d) + len(dim_d) == dt["n"]
     assert len(set(idx_d)) == len(idx_d) and max(idx_d) < QM9_HELDOUT_START
+    assert all(len(p) == 2 and max(p) < QM9_HELDOUT_START for p in dim_d)
 
 
 def test_shipped_cards_report_the_heldout_benchmark():
