@@ -179,6 +179,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="extxyz file to write")
     args = p.parse_args(argv)
+    if args.n < 1:
+        p.error(f"-n must be >= 1, got {args.n}")
     import ase
     import ase.io
 

@@ -436,26 +436,6 @@ def test_qm9_dimers_are_rigid_non_covalent_pairs():
         assert sc.min() >= dim.MIN_OTHER_SCALE - 1e-9
 
 
-def _descendants(pid: int) -> list[int]:
-    """Live (non-zombie) descendants of ``pid`` from /proc."""
-    kids: dict[int, list[int]] = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as fh:
-                    fields = fh.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if fields[0] != "Z":
-                kids.setdefault(int(fields[1]), []).append(int(d))
-    out, todo = [], [pid]
-    while todo:
-        for c in kids.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
-    return out
-
-
 def _proc_stat(pid: int) -> list[str] | None:
     """Fields of /proc/PID/stat after the command name, None for a gone or zombie process."""
     try:
@@ -464,6 +444,21 @@ def _proc_stat(pid: int) -> list[str] | None:
     except OSError:
         return None
     return None if f[0] == "Z" else f
+
+
+def _descendants(pid: int) -> list[int]:
+    """Live (non-zombie) descendants of ``pid`` from /proc."""
+    kids: dict[int, list[int]] = {}
+    for d in filter(str.isdigit, os.listdir("/proc")):
+        f = _proc_stat(int(d))
+        if f is not None:
+            kids.setdefault(int(f[1]), []).append(int(d))
+    out, todo = [], [pid]
+    while todo:
+        for c in kids.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
 
 
 def _cpu_seconds(pid: int) -> float:
