@@ -247,6 +247,7 @@ class _InputDensity:
         self.auxmol = None if self.c is None else make_auxmol(mol, basis)
         self.dm = dm_part
         self.atom_blocks = None if dm_part is None else _atom_blocks(mol, dm_part)
+        self._fit = None  # (three-centre integrals, metric solver, metric) once coulomb(fit_dm=True) ran
 
     def coulomb(self, fit_dm: bool = False) -> tuple[np.ndarray, float]:
         """Orbital-basis Coulomb matrix (nao, nao) and 1/2 (rho|rho), hartree.
@@ -254,21 +255,24 @@ class _InputDensity:
         Exact, unless ``fit_dm``: then the density-matrix part (the SAED) is density-fitted
         onto the auxiliary basis (Coulomb metric), which replaces a four-centre J build by
         three-centre integrals (for SCF guesses, where speed matters more than the last
-        micro-hartree); its self-repulsion is then the robust-fit value (b . c_dm)."""
+        micro-hartree); its self-repulsion is then the robust-fit value (b . c_dm). With
+        ``fit_dm`` the three-centre integrals are kept for :meth:`coulomb_of_dm`."""
         from pyscf import lib
         from pyscf.df import incore
         from pyscf.scf import hf
 
         from .fitting import MetricSolver, coulomb_matrix
 
-        if fit_dm and self.c is not None and self.dm is not None:
+        if fit_dm and self.c is not None:
             # one pass of three-centre integrals serves the projection b_P = (P|dm) and the
-            # potential J_mn = sum_P (mn|P) (c + c_dm)_P (s2ij packing: off-diagonal dm doubled)
+            # potential J_mn = sum_P (mn|P) (c + c_dm)_P (s2ij packing: off-diagonal dm doubled);
+            # kept for coulomb_of_dm
             ints = incore.aux_e2(self.mol, self.auxmol, intor="int3c2e", aosym="s2ij")
-            dm = self.dm
-            b = lib.pack_tril(dm + dm.T - np.diag(np.diag(dm))) @ ints
             j2 = self.auxmol.intor("int2c2e")
-            c_dm = MetricSolver(j2).solve(b)
+            self._fit = (ints, MetricSolver(j2), j2)
+            if self.dm is None:
+                return lib.unpack_tril(ints @ self.c), 0.5 * float(self.c @ j2 @ self.c)
+            b, c_dm = self._fit_dm(self.dm)
             j = lib.unpack_tril(ints @ (self.c + c_dm))
             return j, 0.5 * float(self.c @ j2 @ self.c + 2.0 * self.c @ b + c_dm @ b)
         j = np.zeros((self.mol.nao, self.mol.nao))
@@ -284,6 +288,34 @@ class _InputDensity:
             j += j_dm
             rr += float(np.einsum("ij,ji->", self.dm, j_dm))
         return j, 0.5 * rr
+
+    def _fit_dm(self, dm) -> tuple[np.ndarray, np.ndarray]:
+        """Projection b_P = (P|dm) and Coulomb-metric fit c = (P|Q)^-1 b of a symmetric
+        density matrix, with the integrals kept by ``coulomb(fit_dm=True)``."""
+        from pyscf import lib
+
+        ints, solver = self._fit[:2]
+        b = lib.pack_tril(dm + dm.T - np.diag(np.diag(dm))) @ ints
+        return b, solver.solve(b)
+
+    def fitted(self) -> np.ndarray | None:
+        """Auxiliary coefficients of the whole input density (c plus the fitted density-matrix
+        part) once ``coulomb(fit_dm=True)`` ran, else None."""
+        if self._fit is None:
+            return None
+        return self.c if self.dm is None else self.c + self._fit_dm(self.dm)[1]
+
+    def coulomb_of_dm(self, dm) -> np.ndarray:
+        """Coulomb matrix (nao, nao) of another density matrix ``dm``: through the
+        auxiliary fit when :meth:`coulomb` was called with ``fit_dm`` (its three-centre
+        integrals are reused, no new integrals), exact four-centre otherwise."""
+        if self._fit is not None:
+            from pyscf import lib
+
+            return lib.unpack_tril(self._fit[0] @ self._fit_dm(dm)[1])
+        from pyscf.scf import hf
+
+        return hf.get_jk(self.mol, dm, hermi=1, with_k=False)[0]
 
     def moments(self) -> tuple[float, np.ndarray]:
         """Electron count and electronic first moment int r rho (3,), bohr, analytic."""
@@ -415,16 +447,54 @@ class _InputDensity:
         return out
 
 
-def _xc_terms(mol, density: _InputDensity, xc: str, grid_level: int, max_memory_mb: float):
-    """V_xc (nao, nao), E_xc, int v_xc rho, grid electron count (hartree, electrons)."""
-    from pyscf.dft import gen_grid, numint
+class _RecordedDensity:
+    """Passes ``density.on_grid`` through and keeps each grid block's values, so that a
+    second pass over the same grid (:class:`_MixedDensity`) need not evaluate the
+    auxiliary functions again."""
 
-    ni = numint.NumInt()
-    xctype = ni._xc_type(xc)
+    def __init__(self, density):
+        self.density, self.mol, self.blocks = density, density.mol, []
+
+    def on_grid(self, ni, ao, mask, coords, xctype: str, max_memory_mb: float) -> np.ndarray:
+        rho = self.density.on_grid(ni, ao, mask, coords, xctype, max_memory_mb)
+        self.blocks.append(rho)
+        return rho
+
+
+class _MixedDensity:
+    """w rho_in + rho[dm] on the grid blocks of a :class:`_RecordedDensity` pass (same
+    grid, same block order)."""
+
+    def __init__(self, recorded: _RecordedDensity, w: float, dm):
+        self.recorded, self.mol, self.w, self.dm, self.k = recorded, recorded.mol, float(w), dm, 0
+
+    def on_grid(self, ni, ao, mask, coords, xctype: str, max_memory_mb: float) -> np.ndarray:
+        rho_in = self.recorded.blocks[self.k]
+        self.k += 1
+        rho_dm = np.asarray(ni.eval_rho(self.mol, ao, self.dm, mask, xctype, hermi=1)).reshape(rho_in.shape)
+        return self.w * rho_in + rho_dm
+
+
+def _dft_grids(mol, grid_level: int):
+    from pyscf.dft import gen_grid
+
     grids = gen_grid.Grids(mol)
     grids.level = int(grid_level)
     grids.verbose = 0
     grids.build(with_non0tab=True)
+    return grids
+
+
+def _xc_terms(mol, density: _InputDensity, xc: str, grid_level: int, max_memory_mb: float, grids=None):
+    """V_xc (nao, nao), E_xc, int v_xc rho, grid electron count (hartree, electrons).
+
+    ``grids``: an already built PySCF grid (of ``grid_level``) to reuse."""
+    from pyscf.dft import numint
+
+    ni = numint.NumInt()
+    xctype = ni._xc_type(xc)
+    if grids is None:
+        grids = _dft_grids(mol, grid_level)
     nao = mol.nao
     vmat = np.zeros((nao, nao))
     exc_sum = vrho_sum = nelec = 0.0
@@ -488,6 +558,36 @@ def nscf_properties(mol, coefficients=None, basis=None, target: str = "differenc
     """
     from pyscf.scf import hf
 
+    density, source = _input_density(mol, coefficients, basis, target, xc, dm_saed, dm, orbital_basis)
+    xc = check_xc(xc)
+    j, e_coul = density.coulomb(fit_dm=fit_saed_coulomb)
+    vxc, e_xc, vxc_rho, n_grid = _xc_terms(mol, density, xc, grid_level, max_memory_mb)
+    h = hf.get_hcore(mol)
+    s = mol.intor_symmetric("int1e_ovlp")
+    mo_energy, mo_coeff = hf.eig(h + j + vxc, s)
+    nocc = mol.nelectron // 2
+    mo_occ = np.zeros_like(mo_energy)
+    mo_occ[:nocc] = 2.0
+    dm_out = (mo_coeff[:, :nocc] * 2.0) @ mo_coeff[:, :nocc].T
+    band = float(mo_occ @ mo_energy)
+    e_nuc = float(mol.energy_nuc())
+    energy = band - e_coul - vxc_rho + e_xc + e_nuc
+
+    n_el, r_el = density.moments()
+    nuc = np.einsum("i,ix->x", mol.atom_charges(), mol.atom_coords())
+    homo = float(mo_energy[nocc - 1])
+    lumo = float(mo_energy[nocc]) if nocc < len(mo_energy) else float("nan")
+    return NSCFResult(energy=float(energy), mo_energy=mo_energy, mo_occ=mo_occ, mo_coeff=mo_coeff, dm=dm_out,
+                      homo=homo, lumo=lumo, dipole=(nuc - r_el) * AU_DEBYE, n_electrons=n_el,
+                      n_electrons_grid=n_grid,
+                      components={"band": band, "coulomb": e_coul, "xc": e_xc, "vxc_rho": vxc_rho,
+                                  "nuclear": e_nuc},
+                      xc=xc, grid_level=int(grid_level), source=source)
+
+
+def _input_density(mol, coefficients, basis, target: str, xc: str, dm_saed, dm,
+                   orbital_basis: str | None) -> tuple[_InputDensity, str]:
+    """The checked input density of :func:`nscf_properties` and its source label."""
     _check_mol(mol)
     xc = check_xc(xc)
     if (coefficients is None) == (dm is None):
@@ -514,50 +614,116 @@ def nscf_properties(mol, coefficients=None, basis=None, target: str = "differenc
             dm_part = _as_dm(mol, dm_saed, "SAED density matrix")
         density = _InputDensity(mol, coefficients=c, basis=basis, dm_part=dm_part)
         source = f"coefficients:{target}"
-
-    j, e_coul = density.coulomb(fit_dm=fit_saed_coulomb)
-    vxc, e_xc, vxc_rho, n_grid = _xc_terms(mol, density, xc, grid_level, max_memory_mb)
-    h = hf.get_hcore(mol)
-    s = mol.intor_symmetric("int1e_ovlp")
-    mo_energy, mo_coeff = hf.eig(h + j + vxc, s)
-    nocc = mol.nelectron // 2
-    mo_occ = np.zeros_like(mo_energy)
-    mo_occ[:nocc] = 2.0
-    dm_out = (mo_coeff[:, :nocc] * 2.0) @ mo_coeff[:, :nocc].T
-    band = float(mo_occ @ mo_energy)
-    e_nuc = float(mol.energy_nuc())
-    energy = band - e_coul - vxc_rho + e_xc + e_nuc
-
-    n_el, r_el = density.moments()
-    nuc = np.einsum("i,ix->x", mol.atom_charges(), mol.atom_coords())
-    homo = float(mo_energy[nocc - 1])
-    lumo = float(mo_energy[nocc]) if nocc < len(mo_energy) else float("nan")
-    return NSCFResult(energy=float(energy), mo_energy=mo_energy, mo_occ=mo_occ, mo_coeff=mo_coeff, dm=dm_out,
-                      homo=homo, lumo=lumo, dipole=(nuc - r_el) * AU_DEBYE, n_electrons=n_el,
-                      n_electrons_grid=n_grid,
-                      components={"band": band, "coulomb": e_coul, "xc": e_xc, "vxc_rho": vxc_rho,
-                                  "nuclear": e_nuc},
-                      xc=xc, grid_level=int(grid_level), source=source)
+    return density, source
 
 
 #: Becke grid level of the guess's XC potential (the SCF itself keeps its own level).
 GUESS_GRID_LEVEL = 1
 
 
+#: Mixing of the guess (:func:`guess_density_matrix`): each step builds the Fock matrix of
+#: ``(1 - a) rho + a rho_out``, the current density mixed with the output density of its
+#: own Fock matrix (Pulay-extrapolated over the steps so far). 0: no mixing steps.
+GUESS_MIXING = 0.5
+
+#: Mixing steps of the guess (each one V_xc build on the guess's grid and one fitted J).
+GUESS_MIXING_STEPS = 4
+
+
+def _occupied_dm(fock, s, nocc: int) -> np.ndarray:
+    """Closed-shell aufbau density matrix of ``fock`` (nao, nao)."""
+    from pyscf.scf import hf
+
+    _, c = hf.eig(fock, s)
+    return (c[:, :nocc] * 2.0) @ c[:, :nocc].T
+
+
+def _pulay_weights(residuals, metric) -> np.ndarray:
+    """Weights beta (sum 1) minimising |sum_i beta_i r_i| in ``metric`` (Pulay/DIIS)."""
+    n = len(residuals)
+    if n == 1:
+        return np.ones(1)
+    r = np.asarray(residuals)
+    b = r @ metric @ r.T
+    scale = float(np.abs(np.diag(b)).max()) or 1.0
+    a = np.zeros((n + 1, n + 1))
+    a[:n, :n] = b / scale
+    a[:n, n] = a[n, :n] = 1.0
+    rhs = np.zeros(n + 1)
+    rhs[n] = 1.0
+    return np.linalg.lstsq(a, rhs, rcond=1e-12)[0][:n]
+
+
 def guess_density_matrix(mol, coefficients=None, basis=None, target: str = "difference", xc: str = "pbe",
                          dm_saed=None, grid_level: int = GUESS_GRID_LEVEL, fit_saed_coulomb: bool = True,
-                         **kwargs) -> np.ndarray:
-    """SCF initial guess: the output density matrix of :func:`nscf_properties`, (nao, nao).
+                         mixing: float = GUESS_MIXING, *, mixing_steps: int = GUESS_MIXING_STEPS, dm=None,
+                         orbital_basis: str | None = None, max_memory_mb: float = 500.0,
+                         history: list | None = None) -> np.ndarray:
+    """SCF initial guess from a predicted density, a density matrix (nao, nao).
 
     Pass it as ``dm0`` to ``mf.kernel(dm0=...)`` in PySCF or gpu4pyscf (a numpy array;
-    gpu4pyscf converts it). Keyword arguments as :func:`nscf_properties`. A guess only has
-    to start the SCF close to convergence, so by default it is built cheaply: the XC
-    potential on a level-1 grid and the SAED's Coulomb potential density-fitted (about three
-    times faster than the exact Harris Fock matrix on a QM9 molecule, with the same SCF
-    iteration counts in the measurements of ``docs/properties.rst``).
+    gpu4pyscf converts it). Arguments as :func:`nscf_properties`, plus the mixing.
+
+    The input density's Fock matrix is diagonalised once (as in :func:`nscf_properties`),
+    giving the output density matrix ``D_out``. That one-shot output overshoots the SCF
+    density (the input's error comes back amplified by the Coulomb response), so by default
+    the guess takes ``mixing_steps`` steps of density mixing first: each builds the Fock
+    matrix of ``(1 - a) rho + a rho[D_out]`` (``a`` = ``mixing``) from the current density
+    ``rho`` and the output of its Fock matrix, and diagonalises it. From the second step on
+    the mixed densities are Pulay-extrapolated: the residuals ``rho[D_out] - rho`` are
+    compared in the Coulomb metric of the auxiliary basis (all densities fitted onto it
+    with the three-centre integrals of the Coulomb matrix; without ``fit_saed_coulomb`` the
+    steps are plain linear mixing). The steps solve, approximately, the Kohn-Sham equations
+    of the guess's cheap Hamiltonian (density-fitted Coulomb matrix, V_xc on a coarse
+    grid), starting from the predicted density. ``mixing=0`` or ``mixing_steps=0``
+    returns the one-shot ``D_out``.
+
+    A guess only has to start the SCF close to convergence, so it is built cheaply: the XC
+    potential on a level-1 grid, and the SAED's Coulomb potential density-fitted onto the
+    auxiliary basis (``fit_saed_coulomb``). The steps reuse the grid, the input density's
+    grid values and the three-centre integrals; each costs one evaluation of ``rho[D]`` and
+    one V_xc matrix on the coarse grid. ``history``: a list that receives, per step, the
+    Coulomb norm ``sqrt((r|r))`` of the fitted residual (sqrt(hartree); fitted path only).
     """
-    return nscf_properties(mol, coefficients, basis, target, xc, dm_saed, grid_level,
-                           fit_saed_coulomb=fit_saed_coulomb, **kwargs).dm
+    from pyscf.scf import hf
+
+    a, steps = float(mixing), int(mixing_steps)
+    if not 0.0 <= a <= 1.0:
+        raise InputError(f"guess mixing must be in [0, 1], got {mixing}")
+    if steps < 0:
+        raise InputError(f"guess mixing_steps must be >= 0, got {mixing_steps}")
+    density, _ = _input_density(mol, coefficients, basis, target, xc, dm_saed, dm, orbital_basis)
+    xc = check_xc(xc)
+    h = hf.get_hcore(mol)
+    s = mol.intor_symmetric("int1e_ovlp")
+    nocc = mol.nelectron // 2
+    grids = _dft_grids(mol, grid_level)
+    recorded = _RecordedDensity(density)
+    j_in, _ = density.coulomb(fit_dm=fit_saed_coulomb)
+    vxc_in = _xc_terms(mol, recorded, xc, grid_level, max_memory_mb, grids)[0]
+    dm_out = _occupied_dm(h + j_in + vxc_in, s, nocc)
+    if a == 0.0 or steps == 0:
+        return dm_out
+    c_in = density.fitted()
+    # rho = w rho_in + rho[D]; the history keeps (w, D, D_out, fitted residual)
+    w, d = 1.0, np.zeros_like(dm_out)
+    past = []
+    for _ in range(steps):
+        if c_in is None:
+            beta, past = np.ones(1), [(w, d, dm_out, None)]
+        else:
+            c_d = density._fit_dm(d)[1] if past else 0.0
+            r = density._fit_dm(dm_out)[1] - w * c_in - c_d
+            past.append((w, d, dm_out, r))
+            beta = _pulay_weights([p[3] for p in past], density._fit[2])
+            if history is not None:
+                history.append(float(np.sqrt(max(r @ density._fit[2] @ r, 0.0))))
+        w = float(sum(b * (1.0 - a) * p[0] for b, p in zip(beta, past)))
+        d = sum(b * ((1.0 - a) * p[1] + a * p[2]) for b, p in zip(beta, past))
+        fock = h + w * j_in + density.coulomb_of_dm(d)
+        fock += _xc_terms(mol, _MixedDensity(recorded, w, d), xc, grid_level, max_memory_mb, grids)[0]
+        dm_out = _occupied_dm(fock, s, nocc)
+    return dm_out
 
 
 @functools.lru_cache(maxsize=4)
@@ -1204,11 +1370,13 @@ def scf_predictions(predictions, xc: str, orbital_basis: str, guesses=PYSCF_GUES
                     conv_tol: float = 1e-9, max_cycle: int = 50, progress=None,
                     guess_grid_level: int = GUESS_GRID_LEVEL, fit_saed_coulomb: bool = True,
                     guess_diis_start_cycle: int | None = GUESS_DIIS_START_CYCLE,
-                    pyscf_diis_start_cycle: int | None = None) -> dict:
+                    pyscf_diis_start_cycle: int | None = None, guess_mixing: float = GUESS_MIXING,
+                    guess_mixing_steps: int = GUESS_MIXING_STEPS) -> dict:
     """SCF from each prediction's guess and from PySCF's ``guesses``: iterations and time.
 
     ``grid_level`` is the SCF's grid; the guess is built as :func:`guess_density_matrix`
-    with ``guess_grid_level`` and ``fit_saed_coulomb``. DIIS starts as in
+    with ``guess_grid_level``, ``fit_saed_coulomb``, ``guess_mixing`` and
+    ``guess_mixing_steps``. DIIS starts as in
     :func:`compare_guesses`.
 
     Returns a dict with ``settings``, ``structures`` (name, runs: :meth:`SCFRun.record`
@@ -1230,6 +1398,7 @@ def scf_predictions(predictions, xc: str, orbital_basis: str, guesses=PYSCF_GUES
         t0 = time.perf_counter()
         dm0 = guess_density_matrix(mol, pred.coefficients, pred.basis, pred.target, xc,
                                    grid_level=guess_grid_level, fit_saed_coulomb=fit_saed_coulomb,
+                                   mixing=guess_mixing, mixing_steps=guess_mixing_steps,
                                    orbital_basis=orbital_basis)
         runs = compare_guesses(mol, xc, dm0, guesses=guesses, guess_s=time.perf_counter() - t0,
                                guess_diis_start_cycle=guess_diis_start_cycle,
@@ -1251,6 +1420,7 @@ def scf_predictions(predictions, xc: str, orbital_basis: str, guesses=PYSCF_GUES
         summary["reduction_vs_minao"] = 1.0 - summary[OUR_GUESS]["mean_iterations"] / summary["minao"]["mean_iterations"]
     return {"settings": {"xc": xc, "orbital_basis": orbital_basis, "grid_level": int(grid_level),
                          "guess_grid_level": int(guess_grid_level), "fit_saed_coulomb": bool(fit_saed_coulomb),
+                         "guess_mixing": float(guess_mixing), "guess_mixing_steps": int(guess_mixing_steps),
                          "conv_tol_hartree": float(conv_tol), "max_cycle": int(max_cycle),
                          "guess_diis_start_cycle": guess_diis_start_cycle,
                          "pyscf_diis_start_cycle": pyscf_diis_start_cycle},

@@ -13,9 +13,13 @@ and orbital basis (PBE/def2-SVP for the shipped pair; level-3 grid,
 
 * from PySCF's ``minao`` guess, with PySCF's default DIIS start (cycle 1) and with DIIS
   from cycle 0, so the comparison does not flatter our guess;
-* from each model's guess (prediction plus one Fock build and diagonalisation, timed and
-  added to the SCF's wall time), with DIIS from cycle 0 (densitylearn's default) and from
-  cycle 1 (PySCF's).
+* from each model's guess (prediction, the Fock build and diagonalisation and the mixing
+  step of :func:`densitylearn.properties.guess_density_matrix`, timed and added to the
+  SCF's wall time), with DIIS from cycle 0 (densitylearn's default) and from cycle 1
+  (PySCF's; ``--guess-diis`` picks). ``--mixing-steps 0,4`` compares numbers of mixing
+  steps (0: the one-shot output density matrix, the guess of releases before the mixing
+  steps); ``--saed-guess`` adds the same guess built from the SAED alone (no model), which
+  shows how much of the saving the predicted density brings.
 
 With ``--pre-scf``, minao and each model's guess are also first converged on a cheaper
 Hamiltonian (density-fitted Coulomb matrix with PySCF's default J-fitting basis, level-1
@@ -81,6 +85,16 @@ def main(argv=None) -> int:
     p.add_argument("--indices", default=None, help="QM9 indices or ranges instead of the held-out sample")
     p.add_argument("--repeat", type=int, default=1,
                    help="run each (molecule, guess) this many times and count the fastest (default: %(default)s)")
+    p.add_argument("--mixing", type=float, default=None,
+                   help="mixing weight of the guess's mixing steps (default: densitylearn's GUESS_MIXING)")
+    p.add_argument("--mixing-steps", default=None,
+                   help="comma-separated numbers of guess mixing steps to compare (default: densitylearn's "
+                        "GUESS_MIXING_STEPS; 0: the one-shot output density matrix)")
+    p.add_argument("--saed-guess", action="store_true",
+                   help="also start from the SAED alone (no model: zero difference coefficients) with the same "
+                        "mixing steps, to show what the model adds")
+    p.add_argument("--guess-diis", default="0,1",
+                   help="DIIS start cycles of the runs from the models' guesses (default: %(default)s)")
     p.add_argument("--pre-scf", action="store_true",
                    help="also start the SCF from a density-fitted, level-1 pre-SCF (from minao and each model)")
     args = p.parse_args(argv)
@@ -88,6 +102,16 @@ def main(argv=None) -> int:
         p.error("--n must be >= 1")
     if args.repeat < 1:
         p.error("--repeat must be >= 1")
+    from densitylearn.properties import GUESS_MIXING, GUESS_MIXING_STEPS
+
+    mixing = GUESS_MIXING if args.mixing is None else args.mixing
+    try:
+        steps = [int(x) for x in args.mixing_steps.split(",")] if args.mixing_steps else [GUESS_MIXING_STEPS]
+        guess_diis = [int(x) for x in args.guess_diis.split(",")]
+    except ValueError:
+        p.error("--mixing-steps and --guess-diis take non-negative integers, comma-separated")
+    if not all(k >= 0 for k in steps + guess_diis) or not 0.0 <= mixing <= 1.0:
+        p.error("--mixing-steps and --guess-diis take non-negative integers, --mixing a number in [0, 1]")
 
     from densitylearn.errors import InputError
     from densitylearn.predict import load_model
@@ -108,7 +132,9 @@ def main(argv=None) -> int:
     # label -> molecule -> fastest (SCF iterations, wall s incl. prediction, guess and pre-SCF, pre-SCF cycles)
     rows = {}
     report = {"molecules": [s.label for s in structures],
-              "settings": {**scf, "xc": xc, "basis": basis, "repeat": args.repeat}, "runs": []}
+              "settings": {**scf, "xc": xc, "basis": basis, "repeat": args.repeat, "mixing": mixing,
+                           "mixing_steps": steps,
+                           "guess_diis_start_cycles": guess_diis}, "runs": []}
 
     def add(label, name, run, extra_s=0.0, pre=None):
         pre_cycles, pre_s = (pre[2], pre[1]) if pre else (0, 0.0)
@@ -143,17 +169,25 @@ def main(argv=None) -> int:
             line.append(f"{label}: {r.total_iterations}")
         if args.pre_scf:
             pre_then_scf("minao + DF pre-SCF", s.label, mol, None, line)
-        for m in predictors:
-            pred = preds[m][k]
+        sources = list(predictors) + (["SAED alone"] if args.saed_guess else [])
+        for m, k_steps in itertools.product(sources, steps):
+            if m in predictors:
+                pred = preds[m][k]
+                coefficients, aux, target, extra_s = pred.coefficients, pred.basis, pred.target, pred_s[m]
+            else:  # no model: the SAED plus zero difference coefficients in the first model's basis
+                pred = preds[next(iter(predictors))][k]
+                coefficients, aux, target, extra_s = np.zeros_like(pred.coefficients), pred.basis, "difference", 0.0
             t0 = time.perf_counter()
-            dm0 = guess_density_matrix(mol, pred.coefficients, pred.basis, pred.target, xc, orbital_basis=basis)
+            dm0 = guess_density_matrix(mol, coefficients, aux, target, xc, orbital_basis=basis, mixing=mixing,
+                                       mixing_steps=k_steps)
             guess_s = time.perf_counter() - t0
-            for dsc in (0, None):
+            name = f"{m}, {k_steps} mixing steps" if len(steps) > 1 or m not in predictors else m
+            for dsc in guess_diis:
                 r = run_scf_with_guess(mol, xc, dm0=dm0, guess_s=guess_s, diis_start_cycle=dsc, **scf)
-                label = f"{m}, DIIS from cycle {r.diis_start_cycle}"
-                add(label, s.label, r, extra_s=pred_s[m])
+                label = f"{name}, DIIS from cycle {r.diis_start_cycle}"
+                add(label, s.label, r, extra_s=extra_s)
                 line.append(f"{label}: {r.total_iterations}")
-            if args.pre_scf:
+            if args.pre_scf and m in predictors and k_steps == steps[0]:
                 pre_then_scf(f"{m} + DF pre-SCF", s.label, mol, dm0, line, extra_s=pred_s[m], guess_s=guess_s)
         print("; ".join(line), flush=True)
 

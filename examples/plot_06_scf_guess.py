@@ -5,15 +5,19 @@ SCF from a fitted or predicted density instead of minao
 A density gives a Kohn-Sham Fock matrix (Coulomb potential straight from the auxiliary
 coefficients, exchange-correlation on the DFT grid); one diagonalisation turns it into a
 density matrix that PySCF can start its SCF from
-(:func:`~densitylearn.properties.guess_density_matrix`). How many SCF iterations does that
-save against PySCF's default ``minao`` guess?
+(:func:`~densitylearn.properties.guess_density_matrix`). By default a few cheap mixing
+steps (density-fitted Coulomb matrix, coarse grid) follow before the density matrix is
+handed over. How many SCF iterations does that save against PySCF's default ``minao``
+guess?
 
 Three guesses per molecule, all PBE/def2-SVP with ``conv_tol`` 1e-9 hartree:
 
 * ``minao``: PySCF's superposition of minimal-basis atomic densities (the default);
 * *fitted DCD*: the converged density itself, fitted onto def2-universal-jfit as a
   difference density plus the analytic SAED. This needs the answer first, so it is not a
-  practical guess: it shows the best a model in this basis could do;
+  practical guess: it shows the best a model in this basis could do. It is used one-shot
+  (``mixing_steps=0``): the mixing steps move a density towards the cheap Hamiltonian's
+  own solution, which helps a predicted density but not one that is already converged;
 * *predicted DCD*: the tiny model of
   :ref:`sphx_glr_auto_examples_plot_03_train_model.py`.
 
@@ -57,7 +61,8 @@ for formula, name in [("H2O", "water"), ("NH3", "ammonia"), ("CH4", "methane")]:
     mol, dm = ref["mol"], ref["mf"].make_rdm1()
     dm_saed = saed_density_matrix(mol, "pbe")
     fit = fit_reference(mol, dm, dm_saed, jfit)
-    dm_fitted = guess_density_matrix(mol, fit.difference, jfit, target="difference", xc="pbe", dm_saed=dm_saed)
+    dm_fitted = guess_density_matrix(mol, fit.difference, jfit, target="difference", xc="pbe", dm_saed=dm_saed,
+                                     mixing_steps=0)
     [pred] = model.predict(structure)
     dm_pred = guess_density_matrix(mol, pred.coefficients, model.basis, target=model.target, xc="pbe",
                                    dm_saed=dm_saed)

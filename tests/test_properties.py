@@ -157,6 +157,104 @@ def test_fitted_dcd_guess_needs_fewer_iterations_than_minao(system, fits):
     assert ours.e_tot == pytest.approx(mf.e_tot, abs=1e-7)
 
 
+def test_mixed_guess_is_the_fock_of_the_mixed_density(system):
+    """guess_density_matrix(mixing=a): the aufbau density matrix of F[(1-a) rho_in + a rho_out].
+    With a density-matrix input both densities are density matrices, so the mixed Fock
+    matrix must equal the Fock matrix of the mixed density matrix (J exact, V_xc from the
+    replayed grid values); mixing=0 is the one-shot output density matrix."""
+    name, mol, mf, _ = system
+    d_in = mf.make_rdm1() * 0.9 + 0.1 * mf.get_init_guess(key="minao")  # some non-SCF density
+    d_out = nscf_properties(mol, dm=d_in, xc="pbe", grid_level=GRID).dm
+    np.testing.assert_allclose(guess_density_matrix(mol, dm=d_in, xc="pbe", grid_level=GRID, mixing=0), d_out,
+                               atol=1e-12)
+    for a in (0.5, 1.0):
+        expect = nscf_properties(mol, dm=(1 - a) * d_in + a * d_out, xc="pbe", grid_level=GRID).dm
+        got = guess_density_matrix(mol, dm=d_in, xc="pbe", grid_level=GRID, mixing=a, mixing_steps=1)
+        np.testing.assert_allclose(got, expect, atol=1e-9)
+        assert not np.allclose(got, d_out, atol=1e-4)
+    # without a fit (a density-matrix input) further steps are linear mixing
+    a = 0.5
+    d1 = nscf_properties(mol, dm=(1 - a) * d_in + a * d_out, xc="pbe", grid_level=GRID).dm
+    expect = nscf_properties(mol, dm=(1 - a) ** 2 * d_in + (1 - a) * a * d_out + a * d1, xc="pbe",
+                             grid_level=GRID).dm
+    np.testing.assert_allclose(guess_density_matrix(mol, dm=d_in, xc="pbe", grid_level=GRID, mixing=a,
+                                                    mixing_steps=2), expect, atol=1e-9)
+    with pytest.raises(InputError, match="mixing"):
+        guess_density_matrix(mol, dm=d_in, xc="pbe", mixing=1.5)
+    with pytest.raises(InputError, match="mixing_steps"):
+        guess_density_matrix(mol, dm=d_in, xc="pbe", mixing_steps=-1)
+
+
+def test_pulay_mixing_steps_converge_to_the_density_fitted_coarse_grid_scf(system, fits):
+    """Many Pulay-mixing steps of the guess solve the Kohn-Sham equations of its cheap
+    Hamiltonian: PySCF's density-fitted SCF with the same auxiliary basis on the same grid,
+    from the fitted density and from the SAED alone (zero difference coefficients)."""
+    from pyscf import dft
+
+    name, mol, mf, dm_saed = system
+    basis, fit = fits["def2-universal-jfit"]
+    auxmol = make_auxmol(mol, basis)
+    mfd = dft.RKS(mol, xc="pbe").density_fit(auxbasis=auxmol._basis)
+    mfd.grids.level, mfd.conv_tol, mfd.verbose = GRID, 1e-12, 0
+    mfd.kernel()
+    assert mfd.converged
+    for c in (fit.difference, np.zeros_like(fit.difference)):
+        one = guess_density_matrix(mol, c, basis, "difference", "pbe", dm_saed=dm_saed, grid_level=GRID,
+                                   mixing_steps=1)
+        history = []
+        dm = guess_density_matrix(mol, c, basis, "difference", "pbe", dm_saed=dm_saed, grid_level=GRID,
+                                  mixing_steps=25, history=history)
+        err = np.abs(dm - mfd.make_rdm1()).max()
+        print(f"\n{name}: residual {history[0]:.1e} -> {history[-1]:.1e}, |D - D_DF-SCF| {err:.1e} "
+              f"(one step: {np.abs(one - mfd.make_rdm1()).max():.1e})")
+        assert len(history) == 25 and history[-1] < 1e-3 * history[0]
+        assert err < 1e-6 < np.abs(one - mfd.make_rdm1()).max()
+
+
+def test_fitted_coulomb_of_a_density_matrix_matches_pyscf_density_fitting(system, fits):
+    """The mixing step's J[D_out] through the guess's kept three-centre integrals equals
+    PySCF's density-fitted J with the same auxiliary basis."""
+    from pyscf import df
+
+    from densitylearn.properties import _InputDensity
+
+    name, mol, mf, dm_saed = system
+    basis, fit = fits["def2-universal-jfit"]
+    dens = _InputDensity(mol, coefficients=fit.difference, basis=basis, dm_part=dm_saed)
+    dens.coulomb(fit_dm=True)
+    dm = mf.make_rdm1()
+    auxmol = make_auxmol(mol, basis)
+    ref = df.DF(mol, auxbasis=auxmol._basis)
+    ref.auxmol = auxmol
+    j_ref = df.df_jk.get_jk(ref, dm, hermi=1, with_k=False)[0]
+    np.testing.assert_allclose(dens.coulomb_of_dm(dm), j_ref, atol=1e-9)
+    # and it is a fit, not the exact four-centre J (which an unfitted density uses)
+    j_exact = _InputDensity(mol, dm_part=dm_saed).coulomb_of_dm(dm)
+    assert 1e-6 < np.abs(j_exact - j_ref).max() < 1e-2
+
+
+def test_mixed_guess_reaches_the_scf_sooner_than_minao(system, fits):
+    """Fitted-density guesses with and without the mixing step both converge to the SCF
+    energy, in fewer cycles than minao. (For a fitted density, whose one-shot output is
+    already close, the mixing step can cost a cycle; with model predictions it saves about
+    one: docs/properties.rst. Both counts are printed.)"""
+    from densitylearn.properties import GUESS_MIXING
+
+    name, mol, mf, dm_saed = system
+    basis, fit = fits["def2-universal-jfit"]
+    minao = run_scf_with_guess(mol, "pbe", init_guess="minao", grid_level=GRID)
+    runs = {}
+    for a in (0.0, GUESS_MIXING):
+        dm0 = guess_density_matrix(mol, fit.difference, basis, "difference", "pbe", dm_saed=dm_saed,
+                                   grid_level=GRID, mixing=a)
+        assert np.einsum("ij,ji->", dm0, mol.intor("int1e_ovlp")) == pytest.approx(mol.nelectron, abs=1e-8)
+        runs[a] = run_scf_with_guess(mol, "pbe", dm0=dm0, grid_level=GRID, diis_start_cycle=0)
+        assert runs[a].converged and runs[a].e_tot == pytest.approx(mf.e_tot, abs=1e-7)
+        assert runs[a].iterations < minao.iterations
+    print(f"\n{name}: fitted guess {runs[0.0].iterations} cycles, mixed {runs[GUESS_MIXING].iterations}, "
+          f"minao {minao.iterations}")
+
+
 def test_guess_runs_diis_from_the_first_cycle_and_records_it(system, fits):
     # our guess extrapolates from cycle 0 (GUESS_DIIS_START_CYCLE), PySCF's guesses keep
     # PySCF's default unless asked; both land on the same SCF energy
@@ -436,8 +534,16 @@ def test_nscf_and_scf_commands(fitted_model, chks, tmp_path, capsys):
     assert [r["guess"] for r in rep["structures"][0]["runs"]] == ["densitylearn", "minao"]
     assert rep["summary"]["reduction_vs_minao"] > 0  # a fitted DCD guess beats minao
     assert rep["settings"]["guess_diis_start_cycle"] == 0 and rep["settings"]["pyscf_diis_start_cycle"] is None
+    from densitylearn.properties import GUESS_MIXING, GUESS_MIXING_STEPS
+
+    assert rep["settings"]["guess_mixing"] == GUESS_MIXING
+    assert rep["settings"]["guess_mixing_steps"] == GUESS_MIXING_STEPS
     with pytest.raises(InputError, match="--diis-start-cycle must be >= 0"):
         _cli(scf, [*water, "--model", fitted_model, "--diis-start-cycle", "-1", "--device", "cpu"])
+    with pytest.raises(InputError, match="--guess-mixing-steps must be >= 0"):
+        _cli(scf, [*water, "--model", fitted_model, "--guess-mixing-steps", "-2", "--device", "cpu"])
+    with pytest.raises(InputError, match="--guess-mixing must be between 0 and 1"):
+        _cli(scf, [*water, "--model", fitted_model, "--guess-mixing", "2", "--device", "cpu"])
     print("\n" + capsys.readouterr().out)
 
 
@@ -598,3 +704,34 @@ def test_scf_guess_benchmark_repeat_counts_the_fastest_run(tmp_path, capsys):
         assert report["summary"][label]["mean_wall_s"] == pytest.approx(fastest)
     with pytest.raises(SystemExit):
         mod.main(["--models", "qm9-dcd", "--indices", "1", "--repeat", "0"])
+
+
+def test_scf_guess_benchmark_compares_mixing_steps_and_the_saed_alone(tmp_path, capsys):
+    """--mixing-steps 0,2 --saed-guess: the model's guess and the SAED-only guess, each one-shot
+    and with mixing steps, all reach the same SCF energy."""
+    import importlib.util
+    import json
+
+    if importlib.util.find_spec("qm9pack") is None:
+        pytest.skip("qm9pack not installed")
+
+    from conftest import load_example
+
+    mod = load_example("benchmark_scf_guess")
+    out = tmp_path / "scf.json"
+    assert mod.main(["--models", "qm9-dcd", "--indices", "1", "--grid-level", "1", "--mixing-steps", "0,2",
+                     "--saed-guess", "--guess-diis", "0", "--json", str(out)]) == 0
+    print(capsys.readouterr().out)
+    report = json.load(open(out))
+    assert report["settings"]["mixing_steps"] == [0, 2] and report["settings"]["guess_diis_start_cycles"] == [0]
+    labels = {r["label"] for r in report["runs"]}
+    assert labels == {"minao, DIIS from cycle 1", "minao, DIIS from cycle 0",
+                      "qm9-dcd, 0 mixing steps, DIIS from cycle 0", "qm9-dcd, 2 mixing steps, DIIS from cycle 0",
+                      "SAED alone, 0 mixing steps, DIIS from cycle 0", "SAED alone, 2 mixing steps, DIIS from cycle 0"}
+    assert all(r["converged"] for r in report["runs"])
+    assert len({round(r["e_tot_hartree"], 6) for r in report["runs"]}) == 1
+    # the SAED-only guess pays no prediction time
+    assert all(r["prediction_s"] == 0.0 for r in report["runs"] if r["label"].startswith("SAED"))
+    for bad in (["--mixing-steps", "2,x"], ["--mixing-steps", "-1"], ["--mixing", "1.5"]):
+        with pytest.raises(SystemExit):
+            mod.main(["--models", "qm9-dcd", "--indices", "1", *bad])

@@ -6,7 +6,9 @@ otherwise) runs from it and from each of PySCF's guesses (--guesses). Reported p
 iterations, wall time (ours includes making the guess) and convergence. DIIS extrapolates
 from the first cycle of the run from our guess (--diis-start-cycle; PySCF's default
 starts one cycle later, which overshoots from a guess near convergence). A run that does
-not converge is rerun from minao and both are reported. The functional and orbital basis
+not converge is rerun from minao and both are reported. Before the SCF, the guess takes a
+few cheap mixing steps from the predicted density (density-fitted Coulomb matrix, coarse
+XC grid, Pulay-extrapolated; --guess-mixing-steps, 0 uses the one-shot output itself). The functional and orbital basis
 default to the model's; others are an error unless --override.
 """
 
@@ -29,6 +31,12 @@ def add_arguments(p):
     p.add_argument("--diis-start-cycle", type=int, default=0, metavar="N",
                    help="DIIS start cycle of the SCF from the model's guess (default: %(default)s, extrapolate "
                         "from the first cycle; PySCF's default is 1)")
+    p.add_argument("--guess-mixing", type=float, default=None, metavar="A",
+                   help="weight of the one-shot output density in the guess's mixing step, 0-1 (default: "
+                        "densitylearn.properties.GUESS_MIXING, 0.5; 0: no mixing steps)")
+    p.add_argument("--guess-mixing-steps", type=int, default=None, metavar="K",
+                   help="mixing steps of the guess before the SCF (default: "
+                        "densitylearn.properties.GUESS_MIXING_STEPS; 0: the one-shot output density matrix)")
     p.add_argument("--pyscf-diis-start-cycle", type=int, default=None, metavar="N",
                    help="DIIS start cycle of the runs from PySCF's guesses (default: PySCF's, 1)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
@@ -39,12 +47,19 @@ def add_arguments(p):
 def run(args):
     from ..errors import InputError
     from ..predict import load_model, read_inputs
-    from ..properties import format_runs, resolve_settings, scf_predictions, write_json
+    from ..properties import (GUESS_MIXING, GUESS_MIXING_STEPS, format_runs, resolve_settings, scf_predictions,
+                              write_json)
 
     for flag, value in (("--diis-start-cycle", args.diis_start_cycle),
                         ("--pyscf-diis-start-cycle", args.pyscf_diis_start_cycle)):
         if value is not None and value < 0:
             raise InputError(f"{flag} must be >= 0, got {value}")
+    mixing = GUESS_MIXING if args.guess_mixing is None else args.guess_mixing
+    if not 0.0 <= mixing <= 1.0:
+        raise InputError(f"--guess-mixing must be between 0 and 1, got {mixing}")
+    steps = GUESS_MIXING_STEPS if args.guess_mixing_steps is None else args.guess_mixing_steps
+    if steps < 0:
+        raise InputError(f"--guess-mixing-steps must be >= 0, got {steps}")
     predictor = load_model(args.model, device=args.device)
     xc, basis = resolve_settings(predictor.xc, predictor.orbital_basis, args.xc, args.basis, args.override,
                                  context=f"model {args.model}")
@@ -57,7 +72,8 @@ def run(args):
     report = scf_predictions(predictor.iter_predict(structures, checked=True), xc, basis,
                              guesses=tuple(args.guesses), grid_level=args.grid_level, conv_tol=args.conv_tol,
                              max_cycle=args.max_cycle, progress=show, guess_diis_start_cycle=args.diis_start_cycle,
-                             pyscf_diis_start_cycle=args.pyscf_diis_start_cycle)
+                             pyscf_diis_start_cycle=args.pyscf_diis_start_cycle, guess_mixing=mixing,
+                             guess_mixing_steps=steps)
     report["settings"]["model"] = predictor.checkpoint
     s = report["summary"]
     parts = [f"{g}: {v['mean_iterations']:.1f} it, {v['mean_wall_s']:.2f} s"
