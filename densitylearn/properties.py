@@ -43,7 +43,8 @@ over the k-mesh, the direct gap and the Harris energy per atom;
 :func:`nscf_periodic_entry` compares a predicted cell with its chkfile reference and
 :func:`nscf_predictions` dispatches cells there. The molecular functions are unchanged.
 
-SCF guesses: :func:`guess_density_matrix` (the output density matrix, usable as ``dm0`` in
+SCF guesses: :func:`guess_density_matrix` (the output density matrix after a few cheap
+Pulay-mixing steps on a density-fitted, coarse-grid Hamiltonian, usable as ``dm0`` in
 PySCF and gpu4pyscf), :func:`run_scf_with_guess` and :func:`compare_guesses` (iterations
 and wall time against PySCF's ``minao``/``atom``/``huckel``/``sap`` guesses; a run that
 does not converge is rerun from ``minao`` and both runs are reported).
@@ -236,6 +237,32 @@ def _atom_blocks(mol, dm) -> list[tuple[int, int]] | None:
     return blocks if not np.any(dm[~inside]) else None
 
 
+class _CoulombFit:
+    """Coulomb-metric density fitting onto an auxiliary basis with kept integrals: the
+    three-centre ``(mn|P)`` (s2ij-packed), the metric ``(P|Q)`` and its solver."""
+
+    def __init__(self, ints, metric):
+        from .fitting import MetricSolver
+
+        self.ints, self.metric, self.solver = ints, metric, MetricSolver(metric)
+
+    def project(self, dm) -> np.ndarray:
+        """b_P = (P|dm) of a symmetric density matrix (off-diagonal elements doubled by the packing)."""
+        from pyscf import lib
+
+        return lib.pack_tril(dm + dm.T - np.diag(np.diag(dm))) @ self.ints
+
+    def coefficients(self, dm) -> np.ndarray:
+        """Fitted coefficients (P|Q)^-1 (Q|dm)."""
+        return self.solver.solve(self.project(dm))
+
+    def coulomb(self, c) -> np.ndarray:
+        """J_mn = sum_P (mn|P) c_P, (nao, nao)."""
+        from pyscf import lib
+
+        return lib.unpack_tril(self.ints @ c)
+
+
 class _InputDensity:
     """rho_in = sum_P c_P chi_P + density of ``dm_part`` (either may be absent)."""
 
@@ -247,7 +274,8 @@ class _InputDensity:
         self.auxmol = None if self.c is None else make_auxmol(mol, basis)
         self.dm = dm_part
         self.atom_blocks = None if dm_part is None else _atom_blocks(mol, dm_part)
-        self._fit = None  # (three-centre integrals, metric solver, metric) once coulomb(fit_dm=True) ran
+        self.fit = None  # _CoulombFit once coulomb(fit_dm=True) ran
+        self.c_fitted = None  # then: auxiliary coefficients of the whole input density
 
     def coulomb(self, fit_dm: bool = False) -> tuple[np.ndarray, float]:
         """Orbital-basis Coulomb matrix (nao, nao) and 1/2 (rho|rho), hartree.
@@ -256,25 +284,27 @@ class _InputDensity:
         onto the auxiliary basis (Coulomb metric), which replaces a four-centre J build by
         three-centre integrals (for SCF guesses, where speed matters more than the last
         micro-hartree); its self-repulsion is then the robust-fit value (b . c_dm). With
-        ``fit_dm`` the three-centre integrals are kept for :meth:`coulomb_of_dm`."""
-        from pyscf import lib
+        ``fit_dm`` the fit (:attr:`fit`, its integrals) and the input density's fitted
+        coefficients (:attr:`c_fitted`) are kept for later density matrices."""
         from pyscf.df import incore
         from pyscf.scf import hf
 
-        from .fitting import MetricSolver, coulomb_matrix
+        from .fitting import coulomb_matrix
 
         if fit_dm and self.c is not None:
             # one pass of three-centre integrals serves the projection b_P = (P|dm) and the
-            # potential J_mn = sum_P (mn|P) (c + c_dm)_P (s2ij packing: off-diagonal dm doubled);
-            # kept for coulomb_of_dm
-            ints = incore.aux_e2(self.mol, self.auxmol, intor="int3c2e", aosym="s2ij")
-            j2 = self.auxmol.intor("int2c2e")
-            self._fit = (ints, MetricSolver(j2), j2)
+            # potential J_mn = sum_P (mn|P) (c + c_dm)_P
+            fit = _CoulombFit(incore.aux_e2(self.mol, self.auxmol, intor="int3c2e", aosym="s2ij"),
+                              self.auxmol.intor("int2c2e"))
+            self.fit = fit
+            cc = float(self.c @ fit.metric @ self.c)
             if self.dm is None:
-                return lib.unpack_tril(ints @ self.c), 0.5 * float(self.c @ j2 @ self.c)
-            b, c_dm = self._fit_dm(self.dm)
-            j = lib.unpack_tril(ints @ (self.c + c_dm))
-            return j, 0.5 * float(self.c @ j2 @ self.c + 2.0 * self.c @ b + c_dm @ b)
+                self.c_fitted = self.c
+                return fit.coulomb(self.c), 0.5 * cc
+            b = fit.project(self.dm)
+            c_dm = fit.solver.solve(b)
+            self.c_fitted = self.c + c_dm
+            return fit.coulomb(self.c_fitted), 0.5 * (cc + 2.0 * float(self.c @ b) + float(c_dm @ b))
         j = np.zeros((self.mol.nao, self.mol.nao))
         rr = 0.0
         if self.c is not None:
@@ -289,30 +319,12 @@ class _InputDensity:
             rr += float(np.einsum("ij,ji->", self.dm, j_dm))
         return j, 0.5 * rr
 
-    def _fit_dm(self, dm) -> tuple[np.ndarray, np.ndarray]:
-        """Projection b_P = (P|dm) and Coulomb-metric fit c = (P|Q)^-1 b of a symmetric
-        density matrix, with the integrals kept by ``coulomb(fit_dm=True)``."""
-        from pyscf import lib
-
-        ints, solver = self._fit[:2]
-        b = lib.pack_tril(dm + dm.T - np.diag(np.diag(dm))) @ ints
-        return b, solver.solve(b)
-
-    def fitted(self) -> np.ndarray | None:
-        """Auxiliary coefficients of the whole input density (c plus the fitted density-matrix
-        part) once ``coulomb(fit_dm=True)`` ran, else None."""
-        if self._fit is None:
-            return None
-        return self.c if self.dm is None else self.c + self._fit_dm(self.dm)[1]
-
     def coulomb_of_dm(self, dm) -> np.ndarray:
-        """Coulomb matrix (nao, nao) of another density matrix ``dm``: through the
-        auxiliary fit when :meth:`coulomb` was called with ``fit_dm`` (its three-centre
-        integrals are reused, no new integrals), exact four-centre otherwise."""
-        if self._fit is not None:
-            from pyscf import lib
-
-            return lib.unpack_tril(self._fit[0] @ self._fit_dm(dm)[1])
+        """Coulomb matrix (nao, nao) of another density matrix ``dm``: through the kept fit
+        when :meth:`coulomb` ran with ``fit_dm`` (no new integrals), exact four-centre
+        otherwise."""
+        if self.fit is not None:
+            return self.fit.coulomb(self.fit.coefficients(dm))
         from pyscf.scf import hf
 
         return hf.get_jk(self.mol, dm, hermi=1, with_k=False)[0]
@@ -704,23 +716,30 @@ def guess_density_matrix(mol, coefficients=None, basis=None, target: str = "diff
     dm_out = _occupied_dm(h + j_in + vxc_in, s, nocc)
     if a == 0.0 or steps == 0:
         return dm_out
-    c_in = density.fitted()
-    # rho = w rho_in + rho[D]; the history keeps (w, D, D_out, fitted residual)
-    w, d = 1.0, np.zeros_like(dm_out)
+    fit = density.fit
+    # rho = w rho_in + rho[D]; the history keeps (w, D, D_out, and with a fit: the fitted
+    # coefficients of D and D_out and the residual); fitting is linear, so the mixed
+    # densities' coefficients are mixed like their density matrices
+    w, d, c_d = 1.0, np.zeros_like(dm_out), 0.0
     past = []
     for _ in range(steps):
-        if c_in is None:
-            beta, past = np.ones(1), [(w, d, dm_out, None)]
+        if fit is None:  # linear mixing, exact four-centre J
+            past = [(w, d, dm_out)]
+            beta = np.ones(1)
         else:
-            c_d = density._fit_dm(d)[1] if past else 0.0
-            r = density._fit_dm(dm_out)[1] - w * c_in - c_d
-            past.append((w, d, dm_out, r))
-            beta = _pulay_weights([p[3] for p in past], density._fit[2])
+            c_out = fit.coefficients(dm_out)
+            r = c_out - w * density.c_fitted - c_d
+            past.append((w, d, dm_out, c_d, c_out, r))
+            beta = _pulay_weights([p[5] for p in past], fit.metric)
             if history is not None:
-                history.append(float(np.sqrt(max(r @ density._fit[2] @ r, 0.0))))
+                history.append(float(np.sqrt(max(r @ fit.metric @ r, 0.0))))
+            c_d = sum(b * ((1.0 - a) * p[3] + a * p[4]) for b, p in zip(beta, past))
         w = float(sum(b * (1.0 - a) * p[0] for b, p in zip(beta, past)))
         d = sum(b * ((1.0 - a) * p[1] + a * p[2]) for b, p in zip(beta, past))
-        fock = h + w * j_in + density.coulomb_of_dm(d)
+        if fit is None:
+            fock = h + w * j_in + density.coulomb_of_dm(d)
+        else:  # j_in is the fitted J of c_fitted
+            fock = h + fit.coulomb(w * density.c_fitted + c_d)
         fock += _xc_terms(mol, _MixedDensity(recorded, w, d), xc, grid_level, max_memory_mb, grids)[0]
         dm_out = _occupied_dm(fock, s, nocc)
     return dm_out
