@@ -245,12 +245,13 @@ class _CoulombFit:
         from .fitting import MetricSolver
 
         self.ints, self.metric, self.solver = ints, metric, MetricSolver(metric)
+        nao = int(round((np.sqrt(8 * ints.shape[0] + 1) - 1) / 2))
+        self._rows, self._cols = np.tril_indices(nao)  # the s2ij pair order
+        self._weight = np.where(self._rows == self._cols, 1.0, 2.0)
 
     def project(self, dm) -> np.ndarray:
-        """b_P = (P|dm) of a symmetric density matrix (off-diagonal elements doubled by the packing)."""
-        from pyscf import lib
-
-        return lib.pack_tril(dm + dm.T - np.diag(np.diag(dm))) @ self.ints
+        """b_P = (P|dm) of a symmetric density matrix (off-diagonal pairs counted twice)."""
+        return (dm[self._rows, self._cols] * self._weight) @ self.ints
 
     def coefficients(self, dm) -> np.ndarray:
         """Fitted coefficients (P|Q)^-1 (Q|dm)."""
@@ -258,9 +259,10 @@ class _CoulombFit:
 
     def coulomb(self, c) -> np.ndarray:
         """J_mn = sum_P (mn|P) c_P, (nao, nao)."""
-        from pyscf import lib
-
-        return lib.unpack_tril(self.ints @ c)
+        nao = self._rows[-1] + 1
+        j = np.empty((nao, nao))
+        j[self._rows, self._cols] = j[self._cols, self._rows] = self.ints @ c
+        return j
 
 
 class _InputDensity:
@@ -638,8 +640,12 @@ GUESS_GRID_LEVEL = 1
 #: own Fock matrix (Pulay-extrapolated over the steps so far). 0: no mixing steps.
 GUESS_MIXING = 0.5
 
-#: Mixing steps of the guess (each one V_xc build on the guess's grid and one fitted J).
-GUESS_MIXING_STEPS = 4
+#: Mixing steps of the guess that rebuild V_xc (each one V_xc build on the guess's grid).
+GUESS_MIXING_STEPS = 2
+
+#: Coulomb steps of the guess before each V_xc rebuild and after the last: Pulay steps
+#: with V_xc held, each one fitted J and one diagonalisation (milliseconds).
+GUESS_COULOMB_STEPS = 4
 
 
 def _occupied_dm(fock, s, nocc: int) -> np.ndarray:
@@ -668,8 +674,8 @@ def _pulay_weights(residuals, metric) -> np.ndarray:
 
 def guess_density_matrix(mol, coefficients=None, basis=None, target: str = "difference", xc: str = "pbe",
                          dm_saed=None, grid_level: int = GUESS_GRID_LEVEL, fit_saed_coulomb: bool = True,
-                         mixing: float = GUESS_MIXING, *, mixing_steps: int = GUESS_MIXING_STEPS, dm=None,
-                         orbital_basis: str | None = None, max_memory_mb: float = 500.0,
+                         mixing: float = GUESS_MIXING, *, mixing_steps: int = GUESS_MIXING_STEPS,
+                         coulomb_steps: int = GUESS_COULOMB_STEPS, dm=None, orbital_basis: str | None = None, max_memory_mb: float = 500.0,
                          history: list | None = None) -> np.ndarray:
     """SCF initial guess from a predicted density, a density matrix (nao, nao).
 
@@ -679,31 +685,45 @@ def guess_density_matrix(mol, coefficients=None, basis=None, target: str = "diff
     The input density's Fock matrix is diagonalised once (as in :func:`nscf_properties`),
     giving the output density matrix ``D_out``. That one-shot output overshoots the SCF
     density (the input's error comes back amplified by the Coulomb response), so by default
-    the guess takes ``mixing_steps`` steps of density mixing first: each builds the Fock
-    matrix of ``(1 - a) rho + a rho[D_out]`` (``a`` = ``mixing``) from the current density
-    ``rho`` and the output of its Fock matrix, and diagonalises it. From the second step on
-    the mixed densities are Pulay-extrapolated: the residuals ``rho[D_out] - rho`` are
-    compared in the Coulomb metric of the auxiliary basis (all densities fitted onto it
-    with the three-centre integrals of the Coulomb matrix; without ``fit_saed_coulomb`` the
-    steps are plain linear mixing). The steps solve, approximately, the Kohn-Sham equations
-    of the guess's cheap Hamiltonian (density-fitted Coulomb matrix, V_xc on a coarse
-    grid), starting from the predicted density. ``mixing=0`` or ``mixing_steps=0``
-    returns the one-shot ``D_out``.
+    the guess first takes steps of density mixing towards the self-consistent density of
+    the guess's cheap Hamiltonian (density-fitted Coulomb matrix, V_xc on a coarse grid).
+    Each step builds the Fock matrix of ``(1 - a) rho + a rho[D_out]`` (``a`` = ``mixing``)
+    from the current density ``rho`` and the output of its Fock matrix, and diagonalises
+    it; from the second step on the mixed densities are Pulay-extrapolated over all steps
+    so far, with the residuals ``rho[D_out] - rho`` compared in the Coulomb metric of the
+    auxiliary basis (all densities fitted onto it with the three-centre integrals of the
+    Coulomb matrix).
+
+    There are two kinds of step. A *Coulomb step* updates only the Coulomb matrix and holds
+    V_xc: a fitted J and a diagonalisation, milliseconds. A *mixing step* also rebuilds V_xc
+    of the mixed density on the grid. The guess takes ``coulomb_steps`` Coulomb steps before
+    each of its ``mixing_steps`` mixing steps and after the last: the cheap steps converge
+    the long-range Coulomb response that causes the overshoot, the few grid passes the XC
+    part. The Coulomb steps' residuals belong to the V_xc they held, so the Pulay history
+    restarts at each rebuild. ``coulomb_steps=0`` gives ``mixing_steps`` plain mixing steps
+    (one Pulay history); ``mixing=0`` or ``mixing_steps=coulomb_steps=0`` returns the
+    one-shot ``D_out``.
+    Without the fit (``fit_saed_coulomb=False``, or a density-matrix input) the steps are
+    plain linear mixing with the exact four-centre J, and Coulomb steps are not taken
+    (each would cost a four-centre J build).
 
     A guess only has to start the SCF close to convergence, so it is built cheaply: the XC
     potential on a level-1 grid, and the SAED's Coulomb potential density-fitted onto the
     auxiliary basis (``fit_saed_coulomb``). The steps reuse the grid, the input density's
-    grid values and the three-centre integrals; each costs one evaluation of ``rho[D]`` and
-    one V_xc matrix on the coarse grid. ``history``: a list that receives, per step, the
-    Coulomb norm ``sqrt((r|r))`` of the fitted residual (sqrt(hartree); fitted path only).
+    grid values and the three-centre integrals; a mixing step costs one evaluation of
+    ``rho[D]`` and one V_xc matrix on the coarse grid. ``history``: a list that receives,
+    per step, the Coulomb norm ``sqrt((r|r))`` of the fitted residual (sqrt(hartree);
+    fitted path only).
     """
     from pyscf.scf import hf
 
-    a, steps = float(mixing), int(mixing_steps)
+    a, steps, coulomb = float(mixing), int(mixing_steps), int(coulomb_steps)
     if not 0.0 <= a <= 1.0:
         raise InputError(f"guess mixing must be in [0, 1], got {mixing}")
     if steps < 0:
         raise InputError(f"guess mixing_steps must be >= 0, got {mixing_steps}")
+    if coulomb < 0:
+        raise InputError(f"guess coulomb_steps must be >= 0, got {coulomb_steps}")
     density, _ = _input_density(mol, coefficients, basis, target, xc, dm_saed, dm, orbital_basis)
     xc = check_xc(xc)
     h = hf.get_hcore(mol)
@@ -712,17 +732,21 @@ def guess_density_matrix(mol, coefficients=None, basis=None, target: str = "diff
     grids = _dft_grids(mol, grid_level)
     recorded = _RecordedDensity(density)
     j_in, _ = density.coulomb(fit_dm=fit_saed_coulomb)
-    vxc_in = _xc_terms(mol, recorded, xc, grid_level, max_memory_mb, grids)[0]
-    dm_out = _occupied_dm(h + j_in + vxc_in, s, nocc)
-    if a == 0.0 or steps == 0:
-        return dm_out
+    vxc = _xc_terms(mol, recorded, xc, grid_level, max_memory_mb, grids)[0]
+    dm_out = _occupied_dm(h + j_in + vxc, s, nocc)
     fit = density.fit
+    if fit is None:
+        coulomb = 0
+    # per step: rebuild V_xc (a mixing step) or hold it (a Coulomb step)
+    schedule = ([False] * coulomb + [True]) * steps + [False] * coulomb
+    if a == 0.0 or not schedule:
+        return dm_out
     # rho = w rho_in + rho[D]; the history keeps (w, D, D_out, and with a fit: the fitted
     # coefficients of D and D_out and the residual); fitting is linear, so the mixed
     # densities' coefficients are mixed like their density matrices
     w, d, c_d = 1.0, np.zeros_like(dm_out), 0.0
     past = []
-    for _ in range(steps):
+    for rebuild in schedule:
         if fit is None:  # linear mixing, exact four-centre J
             past = [(w, d, dm_out)]
             beta = np.ones(1)
@@ -740,8 +764,11 @@ def guess_density_matrix(mol, coefficients=None, basis=None, target: str = "diff
             fock = h + w * j_in + density.coulomb_of_dm(d)
         else:  # j_in is the fitted J of c_fitted
             fock = h + fit.coulomb(w * density.c_fitted + c_d)
-        fock += _xc_terms(mol, _MixedDensity(recorded, w, d), xc, grid_level, max_memory_mb, grids)[0]
-        dm_out = _occupied_dm(fock, s, nocc)
+        if rebuild:
+            vxc = _xc_terms(mol, _MixedDensity(recorded, w, d), xc, grid_level, max_memory_mb, grids)[0]
+            if coulomb:  # the Coulomb steps' residuals belong to the V_xc they held
+                past = []
+        dm_out = _occupied_dm(fock + vxc, s, nocc)
     return dm_out
 
 
@@ -1390,12 +1417,13 @@ def scf_predictions(predictions, xc: str, orbital_basis: str, guesses=PYSCF_GUES
                     guess_grid_level: int = GUESS_GRID_LEVEL, fit_saed_coulomb: bool = True,
                     guess_diis_start_cycle: int | None = GUESS_DIIS_START_CYCLE,
                     pyscf_diis_start_cycle: int | None = None, guess_mixing: float = GUESS_MIXING,
-                    guess_mixing_steps: int = GUESS_MIXING_STEPS) -> dict:
+                    guess_mixing_steps: int = GUESS_MIXING_STEPS,
+                    guess_coulomb_steps: int = GUESS_COULOMB_STEPS) -> dict:
     """SCF from each prediction's guess and from PySCF's ``guesses``: iterations and time.
 
     ``grid_level`` is the SCF's grid; the guess is built as :func:`guess_density_matrix`
-    with ``guess_grid_level``, ``fit_saed_coulomb``, ``guess_mixing`` and
-    ``guess_mixing_steps``. DIIS starts as in
+    with ``guess_grid_level``, ``fit_saed_coulomb``, ``guess_mixing``,
+    ``guess_mixing_steps`` and ``guess_coulomb_steps``. DIIS starts as in
     :func:`compare_guesses`.
 
     Returns a dict with ``settings``, ``structures`` (name, runs: :meth:`SCFRun.record`
@@ -1418,7 +1446,7 @@ def scf_predictions(predictions, xc: str, orbital_basis: str, guesses=PYSCF_GUES
         dm0 = guess_density_matrix(mol, pred.coefficients, pred.basis, pred.target, xc,
                                    grid_level=guess_grid_level, fit_saed_coulomb=fit_saed_coulomb,
                                    mixing=guess_mixing, mixing_steps=guess_mixing_steps,
-                                   orbital_basis=orbital_basis)
+                                   coulomb_steps=guess_coulomb_steps, orbital_basis=orbital_basis)
         runs = compare_guesses(mol, xc, dm0, guesses=guesses, guess_s=time.perf_counter() - t0,
                                guess_diis_start_cycle=guess_diis_start_cycle,
                                pyscf_diis_start_cycle=pyscf_diis_start_cycle,
@@ -1440,6 +1468,7 @@ def scf_predictions(predictions, xc: str, orbital_basis: str, guesses=PYSCF_GUES
     return {"settings": {"xc": xc, "orbital_basis": orbital_basis, "grid_level": int(grid_level),
                          "guess_grid_level": int(guess_grid_level), "fit_saed_coulomb": bool(fit_saed_coulomb),
                          "guess_mixing": float(guess_mixing), "guess_mixing_steps": int(guess_mixing_steps),
+                         "guess_coulomb_steps": int(guess_coulomb_steps),
                          "conv_tol_hartree": float(conv_tol), "max_cycle": int(max_cycle),
                          "guess_diis_start_cycle": guess_diis_start_cycle,
                          "pyscf_diis_start_cycle": pyscf_diis_start_cycle},

@@ -16,10 +16,12 @@ and orbital basis (PBE/def2-SVP for the shipped pair; level-3 grid,
 * from each model's guess (prediction, the Fock build and diagonalisation and the mixing
   step of :func:`densitylearn.properties.guess_density_matrix`, timed and added to the
   SCF's wall time), with DIIS from cycle 0 (densitylearn's default) and from cycle 1
-  (PySCF's; ``--guess-diis`` picks). ``--mixing-steps 0,4`` compares numbers of mixing
-  steps (0: the one-shot output density matrix, the guess of releases before the mixing
-  steps); ``--saed-guess`` adds the same guess built from the SAED alone (no model), which
-  shows how much of the saving the predicted density brings.
+  (PySCF's; ``--guess-diis`` picks). ``--mixing-steps 0:0,4:0,2`` compares step schedules:
+  ``K:M`` is K mixing steps (V_xc rebuilt) with M Coulomb-only steps around each, ``K``
+  takes M from ``--coulomb-steps`` (``0:0``: the one-shot output density matrix, the guess
+  of releases before the mixing steps; ``4:0``: the four full steps of the release before
+  the Coulomb steps); ``--saed-guess`` adds the same guess built from the SAED alone (no
+  model), which shows how much of the saving the predicted density brings.
 
 With ``--pre-scf``, minao and each model's guess are also first converged on a cheaper
 Hamiltonian (density-fitted Coulomb matrix with PySCF's default J-fitting basis, level-1
@@ -88,8 +90,11 @@ def main(argv=None) -> int:
     p.add_argument("--mixing", type=float, default=None,
                    help="mixing weight of the guess's mixing steps (default: densitylearn's GUESS_MIXING)")
     p.add_argument("--mixing-steps", default=None,
-                   help="comma-separated numbers of guess mixing steps to compare (default: densitylearn's "
-                        "GUESS_MIXING_STEPS; 0: the one-shot output density matrix)")
+                   help="comma-separated guess step schedules to compare, each K (mixing steps) or K:M (with M "
+                        "Coulomb steps; default: densitylearn's GUESS_MIXING_STEPS; 0:0 the one-shot output "
+                        "density matrix)")
+    p.add_argument("--coulomb-steps", type=int, default=None,
+                   help="Coulomb steps of a schedule given as K (default: densitylearn's GUESS_COULOMB_STEPS)")
     p.add_argument("--saed-guess", action="store_true",
                    help="also start from the SAED alone (no model: zero difference coefficients) with the same "
                         "mixing steps, to show what the model adds")
@@ -102,16 +107,20 @@ def main(argv=None) -> int:
         p.error("--n must be >= 1")
     if args.repeat < 1:
         p.error("--repeat must be >= 1")
-    from densitylearn.properties import GUESS_MIXING, GUESS_MIXING_STEPS
+    from densitylearn.properties import GUESS_COULOMB_STEPS, GUESS_MIXING, GUESS_MIXING_STEPS
 
     mixing = GUESS_MIXING if args.mixing is None else args.mixing
+    coulomb = GUESS_COULOMB_STEPS if args.coulomb_steps is None else args.coulomb_steps
     try:
-        steps = [int(x) for x in args.mixing_steps.split(",")] if args.mixing_steps else [GUESS_MIXING_STEPS]
+        steps = [(int(k), int(m[0]) if m else coulomb)
+                 for k, *m in (x.split(":", 1) for x in args.mixing_steps.split(","))] \
+            if args.mixing_steps else [(GUESS_MIXING_STEPS, coulomb)]
         guess_diis = [int(x) for x in args.guess_diis.split(",")]
     except ValueError:
-        p.error("--mixing-steps and --guess-diis take non-negative integers, comma-separated")
-    if not all(k >= 0 for k in steps + guess_diis) or not 0.0 <= mixing <= 1.0:
-        p.error("--mixing-steps and --guess-diis take non-negative integers, --mixing a number in [0, 1]")
+        p.error("--mixing-steps takes K or K:M and --guess-diis integers, comma-separated")
+    if not all(k >= 0 for k in [*guess_diis, coulomb, *itertools.chain(*steps)]) or not 0.0 <= mixing <= 1.0:
+        p.error("--mixing-steps, --coulomb-steps and --guess-diis take non-negative integers, --mixing a "
+                "number in [0, 1]")
 
     from densitylearn.errors import InputError
     from densitylearn.predict import load_model
@@ -133,7 +142,7 @@ def main(argv=None) -> int:
     rows = {}
     report = {"molecules": [s.label for s in structures],
               "settings": {**scf, "xc": xc, "basis": basis, "repeat": args.repeat, "mixing": mixing,
-                           "mixing_steps": steps,
+                           "mixing_steps": [k for k, _ in steps], "coulomb_steps": [m for _, m in steps],
                            "guess_diis_start_cycles": guess_diis}, "runs": []}
 
     def add(label, name, run, extra_s=0.0, pre=None):
@@ -179,9 +188,10 @@ def main(argv=None) -> int:
                 coefficients, aux, target, extra_s = np.zeros_like(pred.coefficients), pred.basis, "difference", 0.0
             t0 = time.perf_counter()
             dm0 = guess_density_matrix(mol, coefficients, aux, target, xc, orbital_basis=basis, mixing=mixing,
-                                       mixing_steps=k_steps)
+                                       mixing_steps=k_steps[0], coulomb_steps=k_steps[1])
             guess_s = time.perf_counter() - t0
-            name = f"{m}, {k_steps} mixing steps" if len(steps) > 1 or m not in predictors else m
+            name = f"{m}, {k_steps[0]} mixing + {k_steps[1]} Coulomb steps" \
+                if len(steps) > 1 or m not in predictors else m
             for dsc in guess_diis:
                 r = run_scf_with_guess(mol, xc, dm0=dm0, guess_s=guess_s, diis_start_cycle=dsc, **scf)
                 label = f"{name}, DIIS from cycle {r.diis_start_cycle}"

@@ -16,8 +16,9 @@ Three guesses per molecule, all PBE/def2-SVP with ``conv_tol`` 1e-9 hartree:
 * *fitted DCD*: the converged density itself, fitted onto def2-universal-jfit as a
   difference density plus the analytic SAED. This needs the answer first, so it is not a
   practical guess: it shows the best a model in this basis could do. It is used one-shot
-  (``mixing_steps=0``): the mixing steps move a density towards the cheap Hamiltonian's
-  own solution, which helps a predicted density but not one that is already converged;
+  (``mixing_steps=0, coulomb_steps=0``): the mixing steps move a density towards the cheap
+  Hamiltonian's own solution, which helps a predicted density but not one that is already
+  converged;
 * *predicted DCD*: the tiny model of
   :ref:`sphx_glr_auto_examples_plot_03_train_model.py`.
 
@@ -62,7 +63,7 @@ for formula, name in [("H2O", "water"), ("NH3", "ammonia"), ("CH4", "methane")]:
     dm_saed = saed_density_matrix(mol, "pbe")
     fit = fit_reference(mol, dm, dm_saed, jfit)
     dm_fitted = guess_density_matrix(mol, fit.difference, jfit, target="difference", xc="pbe", dm_saed=dm_saed,
-                                     mixing_steps=0)
+                                     mixing_steps=0, coulomb_steps=0)
     [pred] = model.predict(structure)
     dm_pred = guess_density_matrix(mol, pred.coefficients, model.basis, target=model.target, xc="pbe",
                                    dm_saed=dm_saed)

@@ -188,7 +188,9 @@ def test_mixed_guess_is_the_fock_of_the_mixed_density(system):
 def test_pulay_mixing_steps_converge_to_the_density_fitted_coarse_grid_scf(system, fits):
     """Many Pulay-mixing steps of the guess solve the Kohn-Sham equations of its cheap
     Hamiltonian: PySCF's density-fitted SCF with the same auxiliary basis on the same grid,
-    from the fitted density and from the SAED alone (zero difference coefficients)."""
+    from the fitted density and from the SAED alone (zero difference coefficients); with
+    plain mixing steps and with Coulomb steps between them (same fixed point, fewer V_xc
+    builds)."""
     from pyscf import dft
 
     name, mol, mf, dm_saed = system
@@ -200,15 +202,54 @@ def test_pulay_mixing_steps_converge_to_the_density_fitted_coarse_grid_scf(syste
     assert mfd.converged
     for c in (fit.difference, np.zeros_like(fit.difference)):
         one = guess_density_matrix(mol, c, basis, "difference", "pbe", dm_saed=dm_saed, grid_level=GRID,
-                                   mixing_steps=1)
-        history = []
-        dm = guess_density_matrix(mol, c, basis, "difference", "pbe", dm_saed=dm_saed, grid_level=GRID,
-                                  mixing_steps=25, history=history)
-        err = np.abs(dm - mfd.make_rdm1()).max()
-        print(f"\n{name}: residual {history[0]:.1e} -> {history[-1]:.1e}, |D - D_DF-SCF| {err:.1e} "
-              f"(one step: {np.abs(one - mfd.make_rdm1()).max():.1e})")
-        assert len(history) == 25 and history[-1] < 1e-3 * history[0]
-        assert err < 1e-6 < np.abs(one - mfd.make_rdm1()).max()
+                                   mixing_steps=1, coulomb_steps=0)
+        for k, m in ((25, 0), (8, 4)):
+            history = []
+            dm = guess_density_matrix(mol, c, basis, "difference", "pbe", dm_saed=dm_saed, grid_level=GRID,
+                                      mixing_steps=k, coulomb_steps=m, history=history)
+            err = np.abs(dm - mfd.make_rdm1()).max()
+            print(f"\n{name}, {k} mixing + {m} Coulomb steps: residual {history[0]:.1e} -> {history[-1]:.1e}, "
+                  f"|D - D_DF-SCF| {err:.1e} (one step: {np.abs(one - mfd.make_rdm1()).max():.1e})")
+            assert len(history) == k + (k + 1) * m and history[-1] < 1e-3 * history[0]
+            assert err < 1e-6 < np.abs(one - mfd.make_rdm1()).max()
+
+
+def test_coulomb_step_updates_the_fitted_coulomb_matrix_and_holds_vxc(system, fits):
+    """One Coulomb step (mixing_steps=0, coulomb_steps=1): the aufbau density matrix of
+    F_in + a (J[D_out] - J[rho_in]), the input density's Fock matrix with the Coulomb
+    matrix moved to the mixed density and V_xc held. F_in from the one-shot orbitals of
+    nscf_properties (F = S C e C^T S), the J's from PySCF's density fitting."""
+    import scipy.linalg
+    from pyscf import df
+
+    from densitylearn.fitting import coulomb_matrix
+    from densitylearn.properties import GUESS_MIXING
+
+    name, mol, mf, dm_saed = system
+    basis, fit = fits["def2-universal-jfit"]
+    c = fit.difference * 0.8  # an input density off the SCF
+    res = nscf_properties(mol, c, basis, "difference", "pbe", dm_saed=dm_saed, grid_level=GRID,
+                          fit_saed_coulomb=True)
+    s = mol.intor_symmetric("int1e_ovlp")
+    sc = s @ res.mo_coeff
+    f_in = (sc * res.mo_energy) @ sc.T
+    auxmol = make_auxmol(mol, basis)
+    ref = df.DF(mol, auxbasis=auxmol._basis)
+    ref.auxmol = auxmol
+
+    def j_df(dm):
+        return df.df_jk.get_jk(ref, dm, hermi=1, with_k=False)[0]
+
+    a = GUESS_MIXING
+    fock = f_in + a * (j_df(res.dm) - j_df(dm_saed) - coulomb_matrix(mol, auxmol, c))
+    occ = scipy.linalg.eigh(fock, s)[1][:, :mol.nelectron // 2]
+    expect = 2.0 * occ @ occ.T
+    got = guess_density_matrix(mol, c, basis, "difference", "pbe", dm_saed=dm_saed, grid_level=GRID,
+                               mixing=a, mixing_steps=0, coulomb_steps=1)
+    np.testing.assert_allclose(got, expect, atol=1e-8)
+    assert np.abs(got - res.dm).max() > 1e-4  # the step moved the density
+    with pytest.raises(InputError, match="coulomb_steps"):
+        guess_density_matrix(mol, c, basis, "difference", "pbe", dm_saed=dm_saed, coulomb_steps=-1)
 
 
 def test_fitted_coulomb_of_a_density_matrix_matches_pyscf_density_fitting(system, fits):
@@ -707,8 +748,9 @@ def test_scf_guess_benchmark_repeat_counts_the_fastest_run(tmp_path, capsys):
 
 
 def test_scf_guess_benchmark_compares_mixing_steps_and_the_saed_alone(tmp_path, capsys):
-    """--mixing-steps 0,2 --saed-guess: the model's guess and the SAED-only guess, each one-shot
-    and with mixing steps, all reach the same SCF energy."""
+    """--mixing-steps 0:0,1 --coulomb-steps 2 --saed-guess: the model's guess and the
+    SAED-only guess, each one-shot and with mixing and Coulomb steps, all reach the same SCF
+    energy."""
     import importlib.util
     import json
 
@@ -719,19 +761,23 @@ def test_scf_guess_benchmark_compares_mixing_steps_and_the_saed_alone(tmp_path, 
 
     mod = load_example("benchmark_scf_guess")
     out = tmp_path / "scf.json"
-    assert mod.main(["--models", "qm9-dcd", "--indices", "1", "--grid-level", "1", "--mixing-steps", "0,2",
-                     "--saed-guess", "--guess-diis", "0", "--json", str(out)]) == 0
+    assert mod.main(["--models", "qm9-dcd", "--indices", "1", "--grid-level", "1", "--mixing-steps", "0:0,1",
+                     "--coulomb-steps", "2", "--saed-guess", "--guess-diis", "0", "--json", str(out)]) == 0
     print(capsys.readouterr().out)
     report = json.load(open(out))
-    assert report["settings"]["mixing_steps"] == [0, 2] and report["settings"]["guess_diis_start_cycles"] == [0]
+    assert report["settings"]["mixing_steps"] == [0, 1] and report["settings"]["coulomb_steps"] == [0, 2]
+    assert report["settings"]["guess_diis_start_cycles"] == [0]
     labels = {r["label"] for r in report["runs"]}
     assert labels == {"minao, DIIS from cycle 1", "minao, DIIS from cycle 0",
-                      "qm9-dcd, 0 mixing steps, DIIS from cycle 0", "qm9-dcd, 2 mixing steps, DIIS from cycle 0",
-                      "SAED alone, 0 mixing steps, DIIS from cycle 0", "SAED alone, 2 mixing steps, DIIS from cycle 0"}
+                      "qm9-dcd, 0 mixing + 0 Coulomb steps, DIIS from cycle 0",
+                      "qm9-dcd, 1 mixing + 2 Coulomb steps, DIIS from cycle 0",
+                      "SAED alone, 0 mixing + 0 Coulomb steps, DIIS from cycle 0",
+                      "SAED alone, 1 mixing + 2 Coulomb steps, DIIS from cycle 0"}
     assert all(r["converged"] for r in report["runs"])
     assert len({round(r["e_tot_hartree"], 6) for r in report["runs"]}) == 1
     # the SAED-only guess pays no prediction time
     assert all(r["prediction_s"] == 0.0 for r in report["runs"] if r["label"].startswith("SAED"))
-    for bad in (["--mixing-steps", "2,x"], ["--mixing-steps", "-1"], ["--mixing", "1.5"]):
+    for bad in (["--mixing-steps", "2,x"], ["--mixing-steps", "-1"], ["--mixing-steps", "2:-1"],
+                ["--coulomb-steps", "-1"], ["--mixing", "1.5"]):
         with pytest.raises(SystemExit):
             mod.main(["--models", "qm9-dcd", "--indices", "1", *bad])

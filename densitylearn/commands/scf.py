@@ -6,9 +6,11 @@ otherwise) runs from it and from each of PySCF's guesses (--guesses). Reported p
 iterations, wall time (ours includes making the guess) and convergence. DIIS extrapolates
 from the first cycle of the run from our guess (--diis-start-cycle; PySCF's default
 starts one cycle later, which overshoots from a guess near convergence). A run that does
-not converge is rerun from minao and both are reported. Before the SCF, the guess takes a
-few cheap mixing steps from the predicted density (density-fitted Coulomb matrix, coarse
-XC grid, Pulay-extrapolated; --guess-mixing-steps, 0 uses the one-shot output itself). The functional and orbital basis
+not converge is rerun from minao and both are reported. Before the SCF, the guess mixes
+its way from the predicted density towards self-consistency with a cheap Hamiltonian
+(density-fitted Coulomb matrix, coarse XC grid, Pulay-extrapolated): --guess-coulomb-steps
+steps that update the Coulomb matrix alone around each of --guess-mixing-steps steps that
+also rebuild V_xc (both 0: the one-shot output itself). The functional and orbital basis
 default to the model's; others are an error unless --override.
 """
 
@@ -35,8 +37,12 @@ def add_arguments(p):
                    help="weight of the one-shot output density in the guess's mixing step, 0-1 (default: "
                         "densitylearn.properties.GUESS_MIXING, 0.5; 0: no mixing steps)")
     p.add_argument("--guess-mixing-steps", type=int, default=None, metavar="K",
-                   help="mixing steps of the guess before the SCF (default: "
-                        "densitylearn.properties.GUESS_MIXING_STEPS; 0: the one-shot output density matrix)")
+                   help="mixing steps of the guess that rebuild V_xc on its grid (default: "
+                        "densitylearn.properties.GUESS_MIXING_STEPS)")
+    p.add_argument("--guess-coulomb-steps", type=int, default=None, metavar="M",
+                   help="Coulomb-only mixing steps of the guess before each mixing step and after the last "
+                        "(default: densitylearn.properties.GUESS_COULOMB_STEPS; with --guess-mixing-steps 0: "
+                        "0 gives the one-shot output density matrix)")
     p.add_argument("--pyscf-diis-start-cycle", type=int, default=None, metavar="N",
                    help="DIIS start cycle of the runs from PySCF's guesses (default: PySCF's, 1)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
@@ -47,8 +53,8 @@ def add_arguments(p):
 def run(args):
     from ..errors import InputError
     from ..predict import load_model, read_inputs
-    from ..properties import (GUESS_MIXING, GUESS_MIXING_STEPS, format_runs, resolve_settings, scf_predictions,
-                              write_json)
+    from ..properties import (GUESS_COULOMB_STEPS, GUESS_MIXING, GUESS_MIXING_STEPS, format_runs,
+                              resolve_settings, scf_predictions, write_json)
 
     for flag, value in (("--diis-start-cycle", args.diis_start_cycle),
                         ("--pyscf-diis-start-cycle", args.pyscf_diis_start_cycle)):
@@ -60,6 +66,9 @@ def run(args):
     steps = GUESS_MIXING_STEPS if args.guess_mixing_steps is None else args.guess_mixing_steps
     if steps < 0:
         raise InputError(f"--guess-mixing-steps must be >= 0, got {steps}")
+    coulomb = GUESS_COULOMB_STEPS if args.guess_coulomb_steps is None else args.guess_coulomb_steps
+    if coulomb < 0:
+        raise InputError(f"--guess-coulomb-steps must be >= 0, got {coulomb}")
     predictor = load_model(args.model, device=args.device)
     xc, basis = resolve_settings(predictor.xc, predictor.orbital_basis, args.xc, args.basis, args.override,
                                  context=f"model {args.model}")
@@ -73,7 +82,7 @@ def run(args):
                              guesses=tuple(args.guesses), grid_level=args.grid_level, conv_tol=args.conv_tol,
                              max_cycle=args.max_cycle, progress=show, guess_diis_start_cycle=args.diis_start_cycle,
                              pyscf_diis_start_cycle=args.pyscf_diis_start_cycle, guess_mixing=mixing,
-                             guess_mixing_steps=steps)
+                             guess_mixing_steps=steps, guess_coulomb_steps=coulomb)
     report["settings"]["model"] = predictor.checkpoint
     s = report["summary"]
     parts = [f"{g}: {v['mean_iterations']:.1f} it, {v['mean_wall_s']:.2f} s"
