@@ -675,7 +675,8 @@ def _pulay_weights(residuals, metric) -> np.ndarray:
 def guess_density_matrix(mol, coefficients=None, basis=None, target: str = "difference", xc: str = "pbe",
                          dm_saed=None, grid_level: int = GUESS_GRID_LEVEL, fit_saed_coulomb: bool = True,
                          mixing: float = GUESS_MIXING, *, mixing_steps: int = GUESS_MIXING_STEPS,
-                         coulomb_steps: int = GUESS_COULOMB_STEPS, dm=None, orbital_basis: str | None = None, max_memory_mb: float = 500.0,
+                         coulomb_steps: int = GUESS_COULOMB_STEPS, dm=None, orbital_basis: str | None = None,
+                         max_memory_mb: float = 500.0,
                          history: list | None = None) -> np.ndarray:
     """SCF initial guess from a predicted density, a density matrix (nao, nao).
 
@@ -689,10 +690,10 @@ def guess_density_matrix(mol, coefficients=None, basis=None, target: str = "diff
     the guess's cheap Hamiltonian (density-fitted Coulomb matrix, V_xc on a coarse grid).
     Each step builds the Fock matrix of ``(1 - a) rho + a rho[D_out]`` (``a`` = ``mixing``)
     from the current density ``rho`` and the output of its Fock matrix, and diagonalises
-    it; from the second step on the mixed densities are Pulay-extrapolated over all steps
-    so far, with the residuals ``rho[D_out] - rho`` compared in the Coulomb metric of the
-    auxiliary basis (all densities fitted onto it with the three-centre integrals of the
-    Coulomb matrix).
+    it; from the second step on the mixed densities are Pulay-extrapolated over the steps
+    so far (see below), with the residuals ``rho[D_out] - rho`` compared in the Coulomb
+    metric of the auxiliary basis (all densities fitted onto it with the three-centre
+    integrals of the Coulomb matrix).
 
     There are two kinds of step. A *Coulomb step* updates only the Coulomb matrix and holds
     V_xc: a fitted J and a diagonalisation, milliseconds. A *mixing step* also rebuilds V_xc
@@ -702,8 +703,7 @@ def guess_density_matrix(mol, coefficients=None, basis=None, target: str = "diff
     part. The Coulomb steps' residuals belong to the V_xc they held, so the Pulay history
     restarts at each rebuild. ``coulomb_steps=0`` gives ``mixing_steps`` plain mixing steps
     (one Pulay history); ``mixing=0`` or ``mixing_steps=coulomb_steps=0`` returns the
-    one-shot ``D_out``.
-    Without the fit (``fit_saed_coulomb=False``, or a density-matrix input) the steps are
+    one-shot ``D_out``. Without the fit (``fit_saed_coulomb=False``, or a density-matrix input) the steps are
     plain linear mixing with the exact four-centre J, and Coulomb steps are not taken
     (each would cost a four-centre J build).
 
