@@ -644,7 +644,7 @@ GUESS_MIXING = 0.5
 GUESS_MIXING_STEPS = 2
 
 #: Coulomb steps of the guess before each V_xc rebuild and after the last: Pulay steps
-#: with V_xc held, each one fitted J and one diagonalisation (milliseconds).
+#: with V_xc held, each one fitted J and one diagonalisation (tens of milliseconds).
 GUESS_COULOMB_STEPS = 4
 
 
@@ -696,11 +696,11 @@ def guess_density_matrix(mol, coefficients=None, basis=None, target: str = "diff
     integrals of the Coulomb matrix).
 
     There are two kinds of step. A *Coulomb step* updates only the Coulomb matrix and holds
-    V_xc: a fitted J and a diagonalisation, milliseconds. A *mixing step* also rebuilds V_xc
-    of the mixed density on the grid. The guess takes ``coulomb_steps`` Coulomb steps before
-    each of its ``mixing_steps`` mixing steps and after the last: the cheap steps converge
-    the long-range Coulomb response that causes the overshoot, the few grid passes the XC
-    part. The Coulomb steps' residuals belong to the V_xc they held, so the Pulay history
+    V_xc: a fitted J and a diagonalisation, tens of milliseconds. A *mixing step* also
+    rebuilds V_xc of the mixed density on the grid. The guess takes ``coulomb_steps``
+    Coulomb steps before each of its ``mixing_steps`` mixing steps and after the last: the
+    cheap steps converge the long-range Coulomb response that causes the overshoot, the few
+    grid passes the XC part. The Coulomb steps' residuals belong to the V_xc they held, so the Pulay history
     restarts at each rebuild. ``coulomb_steps=0`` gives ``mixing_steps`` plain mixing steps
     (one Pulay history); ``mixing=0`` or ``mixing_steps=coulomb_steps=0`` returns the
     one-shot ``D_out``. Without the fit (``fit_saed_coulomb=False``, or a density-matrix input) the steps are
