@@ -245,8 +245,8 @@ class _CoulombFit:
         from .fitting import MetricSolver
 
         self.ints, self.metric, self.solver = ints, metric, MetricSolver(metric)
-        nao = int(round((np.sqrt(8 * ints.shape[0] + 1) - 1) / 2))
-        self._rows, self._cols = np.tril_indices(nao)  # the s2ij pair order
+        self.nao = int(round((np.sqrt(8 * ints.shape[0] + 1) - 1) / 2))
+        self._rows, self._cols = np.tril_indices(self.nao)  # the s2ij pair order
         self._weight = np.where(self._rows == self._cols, 1.0, 2.0)
 
     def project(self, dm) -> np.ndarray:
@@ -259,8 +259,7 @@ class _CoulombFit:
 
     def coulomb(self, c) -> np.ndarray:
         """J_mn = sum_P (mn|P) c_P, (nao, nao)."""
-        nao = self._rows[-1] + 1
-        j = np.empty((nao, nao))
+        j = np.empty((self.nao, self.nao))
         j[self._rows, self._cols] = j[self._cols, self._rows] = self.ints @ c
         return j
 
@@ -700,12 +699,12 @@ def guess_density_matrix(mol, coefficients=None, basis=None, target: str = "diff
     rebuilds V_xc of the mixed density on the grid. The guess takes ``coulomb_steps``
     Coulomb steps before each of its ``mixing_steps`` mixing steps and after the last: the
     cheap steps converge the long-range Coulomb response that causes the overshoot, the few
-    grid passes the XC part. The Coulomb steps' residuals belong to the V_xc they held, so the Pulay history
-    restarts at each rebuild. ``coulomb_steps=0`` gives ``mixing_steps`` plain mixing steps
-    (one Pulay history); ``mixing=0`` or ``mixing_steps=coulomb_steps=0`` returns the
-    one-shot ``D_out``. Without the fit (``fit_saed_coulomb=False``, or a density-matrix input) the steps are
-    plain linear mixing with the exact four-centre J, and Coulomb steps are not taken
-    (each would cost a four-centre J build).
+    grid passes the XC part. The Coulomb steps' residuals belong to the V_xc they held, so
+    the Pulay history restarts at each rebuild. ``coulomb_steps=0`` gives ``mixing_steps``
+    plain mixing steps (one Pulay history); ``mixing=0`` or ``mixing_steps=coulomb_steps=0``
+    returns the one-shot ``D_out``. Without the fit (``fit_saed_coulomb=False``, or a
+    density-matrix input) the steps are plain linear mixing with the exact four-centre J,
+    and Coulomb steps are not taken (each would cost a four-centre J build).
 
     A guess only has to start the SCF close to convergence, so it is built cheaply: the XC
     potential on a level-1 grid, and the SAED's Coulomb potential density-fitted onto the

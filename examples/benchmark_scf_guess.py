@@ -14,7 +14,7 @@ and orbital basis (PBE/def2-SVP for the shipped pair; level-3 grid,
 * from PySCF's ``minao`` guess, with PySCF's default DIIS start (cycle 1) and with DIIS
   from cycle 0, so the comparison does not flatter our guess;
 * from each model's guess (prediction, the Fock build and diagonalisation and the mixing
-  step of :func:`densitylearn.properties.guess_density_matrix`, timed and added to the
+  steps of :func:`densitylearn.properties.guess_density_matrix`, timed and added to the
   SCF's wall time), with DIIS from cycle 0 (densitylearn's default) and from cycle 1
   (PySCF's; ``--guess-diis`` picks). ``--mixing-steps 0:0,4:0,2`` compares step schedules:
   ``K:M`` is K mixing steps (V_xc rebuilt) with M Coulomb-only steps around each, ``K``
