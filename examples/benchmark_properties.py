@@ -4,7 +4,7 @@
 Usage::
 
     python examples/benchmark_properties.py --dcd qm9-dcd --tcd qm9-tcd REFS/*.chk \\
-        [--scf 10] [--s22 4 --work s22work] [--json properties.json]
+        [--scf 10] [--s22 4 --work s22work] [--coulomb-steps 8] [--saed] [--json properties.json]
 
 For every reference chkfile (held-out QM9 molecules, PBE/def2-SVP), both models' predicted
 densities go through one Kohn-Sham diagonalisation (``densitylearn nscf``): the
@@ -12,6 +12,11 @@ Harris-Foulkes energy, the HOMO-LUMO gap and the dipole moment are compared with
 quantities from the reference density matrix. For the first ``--scf`` molecules, an SCF
 runs from each model's guess and from PySCF's default ``minao`` guess (``densitylearn
 scf``): iterations and wall time, ours including the prediction and the guess Fock build.
+
+``--coulomb-steps N`` adds, for every model, the properties after relaxing the predicted
+density's Coulomb potential by N steps (``densitylearn nscf --coulomb-steps``; V_xc held at
+the prediction's). ``--saed`` adds the SAED alone (the DCD model's basis with zero
+coefficients) as a control: what the same route gives without a model.
 
 ``--s22 N`` adds the N smallest S22 dimers (``ase.collections.s22``; 6-30 atoms, larger
 than most QM9 molecules and intermolecular) with reference DFT computed first (resumable,
@@ -42,7 +47,11 @@ def s22_references(n: int, work: str) -> list[str]:
     return [os.path.join(out, f"s22_{k}.chk") for k in names]
 
 
-def run_set(label: str, chks: list[str], models: dict, n_scf: int, device: str) -> dict:
+def run_set(label: str, chks: list[str], models: dict, n_scf: int, device: str, coulomb_steps: int = 0) -> dict:
+    from dataclasses import replace
+
+    import numpy as np
+
     from densitylearn.predict import load_model, read_inputs
     from densitylearn.properties import nscf_predictions, scf_predictions
 
@@ -53,10 +62,16 @@ def run_set(label: str, chks: list[str], models: dict, n_scf: int, device: str) 
         t0 = time.perf_counter()
         preds = predictor.predict(structures)
         t_pred = (time.perf_counter() - t0) / max(len(structures), 1)
-        nscf = nscf_predictions(preds, predictor.xc, predictor.orbital_basis)
-        entry = {"nscf": nscf["summary"], "predict_s_per_structure": t_pred,
-                 "per_structure": [{"name": e["name"], **(e["errors"] or {})} for e in nscf["structures"]]}
-        if n_scf:
+        if lab == "SAED":  # the control: the SAED alone, no model
+            preds = [replace(p, coefficients=np.zeros_like(p.coefficients)) for p in preds]
+        entry = {"predict_s_per_structure": t_pred}
+        for key, steps in (("", 0), ("_relaxed", coulomb_steps)) if coulomb_steps else (("", 0),):
+            t0 = time.perf_counter()
+            nscf = nscf_predictions(preds, predictor.xc, predictor.orbital_basis, coulomb_steps=steps)
+            entry[f"nscf{key}"] = nscf["summary"]
+            entry[f"nscf{key}_s_per_structure"] = (time.perf_counter() - t0) / max(len(structures), 1)
+            entry[f"per_structure{key}"] = [{"name": e["name"], **(e["errors"] or {})} for e in nscf["structures"]]
+        if n_scf and lab != "SAED":
             # PySCF's minao guess runs once per structure (with the first model)
             scf = scf_predictions(preds[:n_scf], predictor.xc, predictor.orbital_basis,
                                   guesses=("minao",) if k == 0 else ())
@@ -102,26 +117,37 @@ def main():
     p.add_argument("--scf", type=int, default=10, help="SCF comparisons on the first N structures of each set")
     p.add_argument("--s22", type=int, default=0, help="add the N smallest S22 dimers")
     p.add_argument("--work", default="properties_work", help="folder for the S22 references")
+    p.add_argument("--coulomb-steps", type=int, default=0, metavar="N",
+                   help="also the properties after N Coulomb-relaxation steps (densitylearn nscf --coulomb-steps)")
+    p.add_argument("--saed", action="store_true", help="add the SAED alone (zero DCD coefficients) as a control")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", default=None)
     args = p.parse_args()
+    if args.coulomb_steps < 0:
+        p.error(f"--coulomb-steps must be >= 0, got {args.coulomb_steps}")
 
     models = {"TCD": args.tcd, "DCD": args.dcd}
+    if args.saed:
+        models["SAED"] = args.dcd
     sets = []
     if args.chkfiles:
-        sets.append(run_set("held-out QM9", sorted(args.chkfiles), models, args.scf, args.device))
+        sets.append(run_set("held-out QM9", sorted(args.chkfiles), models, args.scf, args.device, args.coulomb_steps))
     if args.s22:
-        sets.append(run_set("S22 dimers", s22_references(args.s22, args.work), models, args.scf, args.device))
+        sets.append(run_set("S22 dimers", s22_references(args.s22, args.work), models, args.scf, args.device,
+                            args.coulomb_steps))
     if not sets:
         p.error("give reference chkfiles and/or --s22 N")
 
-    print("| set | model | n | Harris energy MAE (meV/atom) | gap MAE (meV) | dipole MAE (D) |")
-    print("|---|---|---|---|---|---|")
+    print("| set | model | n | Harris energy MAE (meV/atom) | gap MAE (meV) | dipole MAE (D) | nscf s |")
+    print("|---|---|---|---|---|---|---|")
     for res in sets:
         for lab, m in res["models"].items():
-            s = m["nscf"]
-            print(f"| {res['set']} | {lab} | {s['n_compared']} | {s['mae_energy_mev_per_atom']:.2f} | "
-                  f"{s['mae_gap_mev']:.1f} | {s['mae_dipole_debye']:.3f} |")
+            for key, how in (("", ""), ("_relaxed", f", {args.coulomb_steps} Coulomb steps")):
+                if f"nscf{key}" not in m:
+                    continue
+                s = m[f"nscf{key}"]
+                print(f"| {res['set']} | {lab}{how} | {s['n_compared']} | {s['mae_energy_mev_per_atom']:.2f} | "
+                      f"{s['mae_gap_mev']:.1f} | {s['mae_dipole_debye']:.3f} | {m[f'nscf{key}_s_per_structure']:.1f} |")
     for res in sets:
         rows = scf_table(res)
         if rows:

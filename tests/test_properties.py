@@ -214,20 +214,15 @@ def test_pulay_mixing_steps_converge_to_the_density_fitted_coarse_grid_scf(syste
             assert err < 1e-6 < np.abs(one - mfd.make_rdm1()).max()
 
 
-def test_coulomb_step_updates_the_fitted_coulomb_matrix_and_holds_vxc(system, fits):
-    """One Coulomb step (mixing_steps=0, coulomb_steps=1): the aufbau density matrix of
-    F_in + a (J[D_out] - J[rho_in]), the input density's Fock matrix with the Coulomb
-    matrix moved to the mixed density and V_xc held. F_in from the one-shot orbitals of
-    nscf_properties (F = S C e C^T S), the J's from PySCF's density fitting."""
+def _one_shot_fock_and_fitted_j(mol, basis, c, dm_saed):
+    """The one-shot result of the DCD input ``c`` (fitted SAED Coulomb), its Fock matrix
+    F_in = S C e C^T S rebuilt from the orbitals, PySCF's density-fitted J of a density
+    matrix, J_DF of the input density, and the aufbau density matrix of a Fock matrix."""
     import scipy.linalg
     from pyscf import df
 
     from densitylearn.fitting import coulomb_matrix
-    from densitylearn.properties import GUESS_MIXING
 
-    name, mol, mf, dm_saed = system
-    basis, fit = fits["def2-universal-jfit"]
-    c = fit.difference * 0.8  # an input density off the SCF
     res = nscf_properties(mol, c, basis, "difference", "pbe", dm_saed=dm_saed, grid_level=GRID,
                           fit_saed_coulomb=True)
     s = mol.intor_symmetric("int1e_ovlp")
@@ -240,16 +235,63 @@ def test_coulomb_step_updates_the_fitted_coulomb_matrix_and_holds_vxc(system, fi
     def j_df(dm):
         return df.df_jk.get_jk(ref, dm, hermi=1, with_k=False)[0]
 
+    def aufbau(fock):
+        occ = scipy.linalg.eigh(fock, s)[1][:, :mol.nelectron // 2]
+        return 2.0 * occ @ occ.T
+
+    return res, f_in, j_df, j_df(dm_saed) + coulomb_matrix(mol, auxmol, c), aufbau
+
+
+def test_coulomb_step_updates_the_fitted_coulomb_matrix_and_holds_vxc(system, fits):
+    """One Coulomb step (mixing_steps=0, coulomb_steps=1): the aufbau density matrix of
+    F_in + a (J[D_out] - J[rho_in]), the input density's Fock matrix with the Coulomb
+    matrix moved to the mixed density and V_xc held. F_in from the one-shot orbitals of
+    nscf_properties (F = S C e C^T S), the J's from PySCF's density fitting."""
+    from densitylearn.properties import GUESS_MIXING
+
+    name, mol, mf, dm_saed = system
+    basis, fit = fits["def2-universal-jfit"]
+    c = fit.difference * 0.8  # an input density off the SCF
+    res, f_in, j_df, j_in, aufbau = _one_shot_fock_and_fitted_j(mol, basis, c, dm_saed)
     a = GUESS_MIXING
-    fock = f_in + a * (j_df(res.dm) - j_df(dm_saed) - coulomb_matrix(mol, auxmol, c))
-    occ = scipy.linalg.eigh(fock, s)[1][:, :mol.nelectron // 2]
-    expect = 2.0 * occ @ occ.T
+    expect = aufbau(f_in + a * (j_df(res.dm) - j_in))
     got = guess_density_matrix(mol, c, basis, "difference", "pbe", dm_saed=dm_saed, grid_level=GRID,
                                mixing=a, mixing_steps=0, coulomb_steps=1)
     np.testing.assert_allclose(got, expect, atol=1e-8)
     assert np.abs(got - res.dm).max() > 1e-4  # the step moved the density
     with pytest.raises(InputError, match="coulomb_steps"):
         guess_density_matrix(mol, c, basis, "difference", "pbe", dm_saed=dm_saed, coulomb_steps=-1)
+
+
+def test_coulomb_relaxation_reaches_the_fixed_point_of_the_fitted_hartree_potential(system, fits):
+    """nscf_properties(coulomb_steps=N): the density matrix D of N Coulomb steps solves
+    D = aufbau(F_in + J_DF[D] - J_DF[rho_in]), the input density's Fock matrix with its
+    Coulomb matrix made self-consistent and V_xc held (F_in from the one-shot orbitals, the
+    J's from PySCF's density fitting); the properties are those of D (one diagonalisation,
+    exact J, on the requested grid)."""
+    name, mol, mf, dm_saed = system
+    basis, fit = fits["def2-universal-jfit"]
+    c = fit.difference * 0.8  # an input density off the SCF
+    one, f_in, j_df, j_in, aufbau = _one_shot_fock_and_fitted_j(mol, basis, c, dm_saed)
+    steps = 30
+    d = guess_density_matrix(mol, c, basis, "difference", "pbe", dm_saed=dm_saed, grid_level=GRID,
+                             mixing_steps=0, coulomb_steps=steps)
+    err = np.abs(aufbau(f_in + j_df(d) - j_in) - d).max()
+    moved = np.abs(d - one.dm).max()
+    print(f"\n{name}: relaxed D off its fixed point by {err:.1e}, moved {moved:.1e} from the one-shot output")
+    assert err < 1e-7 < 1e-3 < moved
+    relaxed = nscf_properties(mol, c, basis, "difference", "pbe", dm_saed=dm_saed, grid_level=GRID,
+                              coulomb_steps=steps)
+    of_d = nscf_properties(mol, dm=d, xc="pbe", grid_level=GRID)
+    assert relaxed.energy == pytest.approx(of_d.energy, abs=1e-10)
+    np.testing.assert_allclose(relaxed.mo_energy, of_d.mo_energy, atol=1e-10)
+    np.testing.assert_allclose(relaxed.dipole, of_d.dipole, atol=1e-10)
+    assert relaxed.source == "coefficients:difference+coulomb_relaxed" and relaxed.coulomb_steps == steps
+    assert relaxed.record()["coulomb_steps"] == steps and one.record()["coulomb_steps"] == 0
+    with pytest.raises(InputError, match="coulomb_steps must be >= 0"):
+        nscf_properties(mol, c, basis, "difference", "pbe", dm_saed=dm_saed, coulomb_steps=-1)
+    with pytest.raises(InputError, match="not a density matrix"):
+        nscf_properties(mol, dm=mf.make_rdm1(), xc="pbe", coulomb_steps=2)
 
 
 def test_fitted_coulomb_of_a_density_matrix_matches_pyscf_density_fitting(system, fits):
@@ -490,6 +532,24 @@ def test_nscf_predictions_compare_with_chkfile_references(chks, tmp_path):
     assert json.loads((tmp_path / "nscf.json").read_text())["summary"]["n"] == 2
 
 
+def test_nscf_predictions_refuse_coulomb_relaxation_of_cells_and_with_forces(chks):
+    from dataclasses import replace
+
+    from ase.build import bulk
+
+    from densitylearn.properties import nscf_predictions
+    from densitylearn.structure import from_ase
+
+    pred = _fitted_predictions(chks)[0]
+    cell = replace(pred, structure=from_ase(bulk("Si", "diamond", a=5.43), name="si"))
+    with pytest.raises(InputError, match="structure si is periodic"):
+        nscf_predictions([cell], "pbe", "def2-svp", coulomb_steps=2)
+    with pytest.raises(InputError, match="forces"):
+        nscf_predictions([pred], "pbe", "def2-svp", coulomb_steps=2, forces_from=lambda s: None)
+    with pytest.raises(InputError, match="coulomb_steps must be >= 0"):
+        nscf_predictions([pred], "pbe", "def2-svp", coulomb_steps=-1)
+
+
 def test_reference_with_another_functional_is_a_mismatch(chks):
     from densitylearn.errors import MismatchError
     from densitylearn.properties import nscf_predictions
@@ -568,6 +628,19 @@ def test_nscf_and_scf_commands(fitted_model, chks, tmp_path, capsys):
     rep = json.loads(out.read_text())
     assert rep["settings"]["xc"] == "pbe" and rep["summary"]["n_compared"] == 1
     assert rep["summary"]["mae_energy_mev_per_atom"] < 6
+    assert rep["settings"]["coulomb_steps"] == 0
+    assert _cli(nscf, [fitted_model, *water, "--json", str(out), "--grid-level", "1", "--device", "cpu",
+                       "--coulomb-steps", "3"]) == 0
+    relaxed = json.loads(out.read_text())
+    assert relaxed["settings"]["coulomb_steps"] == 3
+    assert relaxed["structures"][0]["prediction"]["source"] == "coefficients:difference+coulomb_relaxed"
+    assert relaxed["structures"][0]["prediction"]["energy_hartree"] != rep["structures"][0]["prediction"][
+        "energy_hartree"]
+    assert "after 3 Coulomb steps" in capsys.readouterr().out
+    with pytest.raises(InputError, match="--coulomb-steps must be >= 0"):
+        _cli(nscf, [fitted_model, *water, "--coulomb-steps", "-1", "--device", "cpu"])
+    with pytest.raises(InputError, match="--forces"):
+        _cli(nscf, [fitted_model, *water, "--coulomb-steps", "2", "--forces", "--device", "cpu"])
     out2 = tmp_path / "scf.json"
     assert _cli(scf, [*water, "--model", fitted_model, "--guesses", "minao", "--grid-level", "1",
                       "--device", "cpu", "--json", str(out2)]) == 0
