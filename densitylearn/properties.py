@@ -1582,11 +1582,7 @@ class PeriodicNSCFResult:
     mesh : tuple of int
         FFT mesh of the quadrature.
     source : str
-        ``'coefficients:difference'``, ``'coefficients:total'`` or ``'density_matrix'``;
-        ``'+coulomb_relaxed'`` appended after a Coulomb relaxation.
-    coulomb_steps : int
-        Coulomb-relaxation steps taken before the diagonalisation (0: the input density as
-        given; see :func:`nscf_properties`).
+        ``'coefficients:difference'``, ``'coefficients:total'`` or ``'density_matrix'``.
     """
 
     energy: float

@@ -677,6 +677,15 @@ def test_commands_refuse_mismatched_settings_and_elements(fitted_model, tmp_path
         _cli(nscf, [fitted_model, str(xyz), "--device", "cpu"])
     with pytest.raises(InputError, match="LDA/GGA"):
         _cli(nscf, [fitted_model, str(water), "--xc", "b3lyp", "--override", "--device", "cpu"])
+    # a periodic model's cells: the Coulomb relaxation is refused before anything is computed
+    import densitylearn.predict
+
+    densitylearn.predict.load_model(fitted_model).periodic = True
+    box = tmp_path / "box.xyz"
+    box.write_text('3\nLattice="8 0 0 0 8 0 0 0 8" Properties=species:S:1:pos:R:3 pbc="T T T"\n'
+                   "O 4.0 4.0 4.1173\nH 4.0 4.7572 3.5308\nH 4.0 3.2428 3.5308\n")
+    with pytest.raises(InputError, match="is periodic; --coulomb-steps is for molecules only"):
+        _cli(nscf, [fitted_model, str(box), "--coulomb-steps", "2", "--device", "cpu"])
 
 
 class _OracleForcesModel(_FittedModel):

@@ -69,18 +69,20 @@ def run(args):
     from ..predict import load_model, read_inputs
     from ..properties import format_nscf, nscf_predictions, resolve_settings, write_json
 
-    if args.coulomb_steps < 0:
-        from ..errors import InputError
+    from ..errors import InputError
 
+    if args.coulomb_steps < 0:
         raise InputError(f"--coulomb-steps must be >= 0, got {args.coulomb_steps}")
     if args.coulomb_steps and args.forces:
-        from ..errors import InputError
-
         raise InputError("--forces are those of the one-shot Harris energy; drop --coulomb-steps to compute them")
     predictor = load_model(args.model, device=args.device)
     xc, basis = resolve_settings(predictor.xc, predictor.orbital_basis, args.xc, args.basis, args.override,
                                  context=f"model {args.model}")
     structures = predictor.check(read_inputs(args.structures))
+    cells = [s for s in structures if s.is_periodic]
+    if args.coulomb_steps and cells:  # before any structure is computed
+        raise InputError(f"{cells[0].source or cells[0].label}: structure {cells[0].label} is periodic; "
+                         "--coulomb-steps is for molecules only")
     if args.pseudo is not None:
         predictor.check_pseudo(args.pseudo, "--pseudo")
     if args.kmesh is not None:
@@ -88,8 +90,6 @@ def run(args):
 
         check_kmesh(args.kmesh)
     if args.ke_cutoff is not None and not args.ke_cutoff > 0:
-        from ..errors import InputError
-
         raise InputError(f"--ke-cutoff must be > 0 hartree, got {args.ke_cutoff}")
     if args.smearing is not None:
         from ..reference import check_smearing
@@ -99,8 +99,6 @@ def run(args):
 
     step = FORCE_STEP_BOHR if args.force_step is None else args.force_step
     if args.forces and not step > 0:
-        from ..errors import InputError
-
         raise InputError(f"--force-step must be > 0 bohr, got {step}")
     report = nscf_predictions(predictor.iter_predict(structures, checked=True), xc, basis,
                               grid_level=args.grid_level, override=args.override,
