@@ -1270,7 +1270,9 @@ def nscf_predictions(predictions, xc: str, orbital_basis: str, grid_level: int =
     Returns
     -------
     dict
-        ``settings``, ``structures`` (per structure: name, n_atoms, ``prediction`` and
+        ``settings``, ``structures`` (per structure: name, n_atoms, ``n_fragments``
+        (molecules: covalently separate pieces,
+        :meth:`~densitylearn.structure.Structure.fragments`), ``prediction`` and
         ``reference`` records (:meth:`NSCFResult.record`), ``reference_e_tot_hartree``,
         ``errors`` with ``energy_mev_per_atom``, ``gap_mev``, ``dipole_debye`` (norm of the
         vector difference)) and ``summary`` (mean absolute errors over compared structures).
@@ -1316,7 +1318,8 @@ def nscf_predictions(predictions, xc: str, orbital_basis: str, grid_level: int =
             mol = s.to_pyscf(basis=orbital_basis)
         res = nscf_properties(mol, pred.coefficients, pred.basis, pred.target, xc, grid_level=grid_level,
                               orbital_basis=orbital_basis, coulomb_steps=n_relax)
-        entry = {"name": s.label, "n_atoms": int(len(s)), "target": pred.target, "prediction": res.record(),
+        entry = {"name": s.label, "n_atoms": int(len(s)), "n_fragments": int(s.fragments().max()) + 1,
+                 "target": pred.target, "prediction": res.record(),
                  "reference": None, "reference_e_tot_hartree": None, "errors": None}
         if ref is not None:
             r0 = nscf_properties(mol, dm=ref.dm, xc=xc, grid_level=grid_level)

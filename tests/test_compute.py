@@ -406,7 +406,7 @@ def test_qm9_dimers_are_rigid_non_covalent_pairs():
         pytest.skip("qm9pack not installed")
     from ase.data import chemical_symbols
 
-    from densitylearn.structure import ANGSTROM_BOHR, qm9_structures
+    from densitylearn.structure import ANGSTROM_BOHR, Structure, qm9_structures
 
     from conftest import load_example
 
@@ -430,6 +430,9 @@ def test_qm9_dimers_are_rigid_non_covalent_pairs():
             assert np.allclose(d0, d1, atol=1e-8)
         sc = dim.contact_scales(sa, x[:na], sb, x[na:])
         assert np.isclose(sc.min(), info["min_contact_scale"], atol=1e-3)
+        # two molecules by the library's own bond criterion, as the nscf command sees them
+        dimer = Structure(numbers=[chemical_symbols.index(e) for e in sym], positions=x * ANGSTROM_BOHR)
+        assert dimer.fragments().tolist() == [0] * na + [1] * (len(sym) - na)
         if info["mode"] == "hbond":
             d = np.linalg.norm(x[:na, None] - x[None, na:], axis=-1)
             hb = [(i, j) for i in dim.polar_h(sa, x[:na]) for j, s in enumerate(sb)

@@ -109,6 +109,14 @@ def run(args):
     report["settings"]["target"] = predictor.target
     text = format_nscf(report)
     print(text if not args.quiet else text.splitlines()[-1])
+    several = [e["name"] for e in report["structures"] if e.get("n_fragments", 1) > 1]
+    if several and not args.coulomb_steps:
+        import sys
+
+        print(f"note: {len(several)} structure(s) ({several[0]}{', ...' if len(several) > 1 else ''}) hold "
+              "several molecules; their one-shot gaps and dipoles hinge on the intermolecular polarization "
+              "of the predicted density: --coulomb-steps 8 computes it (docs/properties.rst, "
+              "'Coulomb-relaxed properties')", file=sys.stderr)
     if args.json:
         write_json(report, args.json)
         print(f"wrote {args.json}")
