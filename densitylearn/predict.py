@@ -397,6 +397,36 @@ class Predictor:
         """
         return list(self.iter_predict(structures, batch_size=batch_size))
 
+    def fitted(self, chkfile: str) -> Prediction:
+        """What a perfect model would predict for a reference: its density fitted like the
+        training target.
+
+        The chkfile's SCF density matrix is fitted onto the model's auxiliary basis in the
+        metric of the model's training data (Coulomb unless recorded otherwise), constrained
+        to the electron count, as ``densitylearn fit-basis`` does; the returned
+        :class:`Prediction` holds the difference (DCD, the model's SAED added back by every
+        consumer) or total (TCD) coefficients. Whatever is computed from it (eps_mae, the
+        one-shot properties of :func:`densitylearn.properties.nscf_predictions`) is the
+        floor of any model on this basis. Molecules only; the structure is checked like
+        :meth:`predict`'s (elements, charge, spin).
+        """
+        from .fitting import fit_reference
+        from .reference import load_reference
+        from .saed import saed_density_matrix
+
+        [s] = self.check(read_inputs([chkfile]))
+        if s.is_periodic:
+            raise InputError(f"{chkfile}: structure {s.label} is periodic; fitted references are built for "
+                             "molecules only")
+        ref = load_reference(chkfile)
+        metric = (self.description.get("training_dataset") or {}).get("metric") or "coulomb"
+        fit = fit_reference(ref.mol, ref.dm, saed_density_matrix(ref.mol, self.xc, basis=ref.basis or None),
+                            self.basis, metric=metric)
+        difference = self.target == "difference"
+        return Prediction(coefficients=fit.difference if difference else fit.total, target=self.target,
+                          basis=self.basis, saed=self.saed if difference else None, structure=s,
+                          device=str(self.device))
+
     def file_header(self) -> dict:
         """Attributes of a prediction file (:func:`densitylearn.data.make_header`)."""
         from .data import make_header

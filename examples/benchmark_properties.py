@@ -4,7 +4,7 @@
 Usage::
 
     python examples/benchmark_properties.py --dcd qm9-dcd --tcd qm9-tcd REFS/*.chk \\
-        [--scf 10] [--s22 4 --work s22work] [--coulomb-steps 8] [--saed] [--json properties.json]
+        [--scf 10] [--s22 4 --work s22work] [--coulomb-steps 8] [--saed] [--fitted] [--json properties.json]
 
 For every reference chkfile (held-out QM9 molecules, PBE/def2-SVP), both models' predicted
 densities go through one Kohn-Sham diagonalisation (``densitylearn nscf``): the
@@ -16,7 +16,10 @@ scf``): iterations and wall time, ours including the prediction and the guess Fo
 ``--coulomb-steps N`` adds, for every model, the properties after relaxing the predicted
 density's Coulomb potential by N steps (``densitylearn nscf --coulomb-steps``; V_xc held at
 the prediction's). ``--saed`` adds the SAED alone (the DCD model's basis with zero
-coefficients) as a control: what the same route gives without a model.
+coefficients) as a control: what the same route gives without a model. ``--fitted`` adds
+the other end, each model's *fitted* reference densities
+(:meth:`densitylearn.predict.Predictor.fitted`: what a perfect model on that auxiliary
+basis would predict), the floor of the route for each target.
 
 ``--s22 N`` adds the N smallest S22 dimers (``ase.collections.s22``; 6-30 atoms, larger
 than most QM9 molecules and intermolecular) with reference DFT computed first (resumable,
@@ -64,6 +67,8 @@ def run_set(label: str, chks: list[str], models: dict, n_scf: int, device: str, 
         t_pred = (time.perf_counter() - t0) / max(len(structures), 1)
         if lab == "SAED":  # the control: the SAED alone, no model
             preds = [replace(p, coefficients=np.zeros_like(p.coefficients)) for p in preds]
+        if lab.startswith("fitted"):  # the floor: the reference density fitted like the model's target
+            preds = [predictor.fitted(c) for c in chks]
         entry = {"predict_s_per_structure": t_pred}
         for key, steps in (("", 0), ("_relaxed", coulomb_steps)) if coulomb_steps else (("", 0),):
             t0 = time.perf_counter()
@@ -71,7 +76,7 @@ def run_set(label: str, chks: list[str], models: dict, n_scf: int, device: str, 
             entry[f"nscf{key}"] = nscf["summary"]
             entry[f"nscf{key}_s_per_structure"] = (time.perf_counter() - t0) / max(len(structures), 1)
             entry[f"per_structure{key}"] = [{"name": e["name"], **(e["errors"] or {})} for e in nscf["structures"]]
-        if n_scf and lab != "SAED":
+        if n_scf and lab in ("TCD", "DCD"):
             # PySCF's minao guess runs once per structure (with the first model)
             scf = scf_predictions(preds[:n_scf], predictor.xc, predictor.orbital_basis,
                                   guesses=("minao",) if k == 0 else ())
@@ -120,6 +125,8 @@ def main():
     p.add_argument("--coulomb-steps", type=int, default=0, metavar="N",
                    help="also the properties after N Coulomb-relaxation steps (densitylearn nscf --coulomb-steps)")
     p.add_argument("--saed", action="store_true", help="add the SAED alone (zero DCD coefficients) as a control")
+    p.add_argument("--fitted", action="store_true",
+                   help="add both models' fitted reference densities (the floor of a perfect model on each basis)")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", default=None)
     args = p.parse_args()
@@ -129,6 +136,8 @@ def main():
     models = {"TCD": args.tcd, "DCD": args.dcd}
     if args.saed:
         models["SAED"] = args.dcd
+    if args.fitted:
+        models.update({"fitted TCD": args.tcd, "fitted DCD": args.dcd})
     sets = []
     if args.chkfiles:
         sets.append(run_set("held-out QM9", sorted(args.chkfiles), models, args.scf, args.device, args.coulomb_steps))

@@ -106,6 +106,39 @@ def test_electron_count_and_becke_integral_equal_n(target, dcd, tcd, chks):
     assert float(weights @ rho) == pytest.approx(n, abs=1e-3)
 
 
+@pytest.mark.parametrize("target", ["difference", "total"])
+def test_fitted_reference_is_the_training_target(target, dcd, tcd, chks, fit_dataset):
+    """Predictor.fitted(chk), the perfect model's prediction, is the fit-basis record of that
+    chkfile for the model's target, and its density is the SCF density (eval_gto) to within
+    the auxiliary basis's fitting error."""
+    import os
+
+    from pyscf import dft
+
+    from densitylearn.data import CoefficientDataset
+    from densitylearn.reference import load_reference
+
+    predictor = dcd if target == "difference" else tcd
+    chk = next(c for c in chks if c.endswith("mols_0.chk"))
+    p = predictor.fitted(chk)
+    assert p.target == target and (p.saed is not None) == (target == "difference")
+    ds = CoefficientDataset(fit_dataset)
+    [i] = [k for k in range(len(ds)) if os.path.abspath(ds[k]["source"]) == os.path.abspath(chk)]
+    np.testing.assert_allclose(p.coefficients, ds.coefficients(i, target), rtol=0, atol=1e-10)
+    assert p.electron_count() == pytest.approx(p.structure.n_electrons, abs=1e-8)
+    ref = load_reference(chk)
+    grids = dft.gen_grid.Grids(ref.mol)
+    grids.level = 3
+    grids.build()
+    ao = dft.numint.eval_ao(ref.mol, grids.coords)
+    rho_ref = dft.numint.eval_rho(ref.mol, ao, ref.dm)
+    eps = float(grids.weights @ np.abs(p.density(grids.coords) - rho_ref)) / p.structure.n_electrons
+    # the fitting floor fit-basis recorded (per cent, level-1 grid) for this chkfile
+    assert 0 < 100 * eps == pytest.approx(ds[i]["eps_mae_" + target], rel=0.05)
+    with pytest.raises(InputError, match="no such file"):
+        predictor.fitted(str(chk) + ".missing")
+
+
 def test_rotated_molecule_gives_rotated_density(dcd, chks):
     s = _water(chks)
     rot = random_rotation(3)
