@@ -155,7 +155,11 @@ def main(argv=None) -> int:
     rows = []
     if args.json and os.path.exists(args.json):
         with open(args.json) as fh:
-            rows = json.load(fh)["dimers"]
+            previous = json.load(fh)
+        if previous.get("model") != predictor.checkpoint:
+            p.error(f"{args.json} holds the results of model {previous.get('model')}, not {predictor.checkpoint}; "
+                    "give another --json")
+        rows = previous["dimers"]
     done = {r["name"] for r in rows}
     for pred, pair in zip(predictor.predict(dimers), parts):
         if pred.structure.label in done:

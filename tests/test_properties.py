@@ -922,6 +922,9 @@ def test_s22_gap_decomposition_of_the_water_dimer(tmp_path, capsys):
     # a rerun keeps the finished dimer and recomputes nothing
     assert dec.main(["--work", str(tmp_path), "-n", "1", "--json", str(out)]) == 0
     assert json.loads(out.read_text())["dimers"] == [row]
+    with pytest.raises(SystemExit):  # another model's results are never mixed in
+        dec.main(["--work", str(tmp_path), "-n", "1", "--model", "qm9-tcd", "--json", str(out)])
+    assert "holds the results of model" in capsys.readouterr().err
     # the TCD model on total-density coefficients. The polarization is the same density in
     # both representations (the SAED is additive); the fitted reference is not: dl-dcd is
     # made for difference densities, so its total-density fit moves the gap far more
