@@ -113,9 +113,11 @@ def run(args):
     if several and not args.coulomb_steps:
         import sys
 
+        from ..properties import NSCF_COULOMB_STEPS
+
         print(f"note: {len(several)} structure(s) ({several[0]}{', ...' if len(several) > 1 else ''}) hold "
               "several molecules; their one-shot gaps and dipoles hinge on the intermolecular polarization "
-              "of the predicted density: --coulomb-steps 8 computes it (docs/properties.rst, "
+              f"of the predicted density: --coulomb-steps {NSCF_COULOMB_STEPS} computes it (docs/properties.rst, "
               "'Coulomb-relaxed properties')", file=sys.stderr)
     if args.json:
         write_json(report, args.json)
